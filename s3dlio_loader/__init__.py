@@ -19,6 +19,7 @@ from .errors import (
     TransientStorageError,
     UnsupportedSchemeError,
 )
+from .engine import Dataset, Loader, LoaderOptions, Manifest, WorkerDiedError, WorkerError
 from .options import StoreOptions
 from .storage import ObjectInfo, Store, parse_uri, store_for
 
@@ -27,9 +28,13 @@ __version__ = "0.1.0"
 __all__ = [
     "AccessDeniedError",
     "ConfigError",
+    "Dataset",
     "DirectIOError",
     "FormatError",
     "InvalidRangeError",
+    "Loader",
+    "LoaderOptions",
+    "Manifest",
     "MissingDependencyError",
     "ObjectInfo",
     "ObjectNotFoundError",
@@ -40,6 +45,8 @@ __all__ = [
     "StoreOptions",
     "TransientStorageError",
     "UnsupportedSchemeError",
+    "WorkerDiedError",
+    "WorkerError",
     "__version__",
     "parse_uri",
     "store_for",

@@ -374,6 +374,8 @@ class Store:
         """
         path = self._path(uri).path
         known = size if size is not None else self._sizes.get(path)
+        if not self._proc().is_async and (known is None or known <= self.options.range_threshold):
+            return self._read_sync(uri, path, 0, known, op="get", whole=True)  # no thread hop
         return self._submit_get(uri, path, known).result()
 
     def get_range(self, uri: str, offset: int, length: int) -> bytes:
@@ -405,10 +407,17 @@ class Store:
             _check_range(uri, offset, length)
         path = self._path(uri).path
         blocks = coalesce_ranges(ranges, self.options.coalesce_gap)
-        futures = [self._submit_read(uri, path, start, end - start, op="get_range") for start, end, _ in blocks]
+        if self.scheme == "file":
+            # Local blocks: one open file, read in this thread (a pool hop costs more than a pread).
+            datas = self._run_sync("get_range", uri, lambda: _local_read_blocks(uri, path, blocks, self.options),
+                                   offset=blocks[0][0] if blocks else 0,
+                                   length=sum(e - s for s, e, _ in blocks))  # fmt: skip
+        else:
+            futures = [self._submit_read(uri, path, start, end - start, op="get_range") for start, end, _ in blocks]
+            datas = [f.result() for f in futures]
         out: list[memoryview] = [memoryview(b"")] * len(ranges)
-        for (start, _end, members), fut in zip(blocks, futures, strict=True):
-            view = memoryview(fut.result()).toreadonly()
+        for (start, _end, members), data in zip(blocks, datas, strict=True):
+            view = memoryview(data).toreadonly()
             for index in members:
                 offset, length = ranges[index]
                 out[index] = view[offset - start : offset - start + length]
@@ -508,6 +517,11 @@ class Store:
                    whole: bool = False) -> bytes:
         fs = self._proc().fs
 
+        if whole:
+            # A whole-object GET returns the object as it is now (the HTTP stack checks the
+            # transfer's length); a remembered size only chose between one GET and ranges.
+            offset, length = 0, None
+
         def attempt() -> bytes:
             if self.scheme == "file":
                 data = _local_read(path, offset, length, self.options)
@@ -517,6 +531,8 @@ class Store:
                 data = fs.cat_file(path, start=offset, end=offset + length)
             if length is not None and len(data) < length:
                 self._raise_short(uri, path, offset, length, len(data), whole)
+            if whole:
+                self._sizes[path] = len(data)
             return data
 
         return self._run_sync(op, uri, attempt, offset=None if whole else offset, length=length)
@@ -526,6 +542,9 @@ class Store:
         fs = self._proc().fs
         extra = {"max_concurrency": 1} if self.scheme == "s3" else {}
 
+        if whole:
+            offset, length = 0, None  # see _read_sync
+
         async def attempt() -> bytes:
             if length is None:
                 data = await fs._cat_file(path, **extra)
@@ -534,6 +553,8 @@ class Store:
             if length is not None and len(data) < length:
                 size = (await fs._info(path))["size"]
                 self._check_short(uri, offset, length, len(data), int(size), whole)
+            if whole:
+                self._sizes[path] = len(data)
             return data
 
         return await self._run_async(op, uri, attempt, offset=None if whole else offset, length=length)
@@ -679,6 +700,7 @@ class Store:
             await fs._pipe_file(path, _http_body(data, self.scheme))
 
         self._call("put", uri, sync_put, async_put, written=n)
+        self._sizes[path] = n
 
     def open_writer(self, uri: str, *, compression: str | None = None, level: int = 3) -> ObjectWriter:
         """A streaming writer: ``write()`` pieces, ``close()`` to commit the object.
@@ -743,6 +765,7 @@ class Store:
         target = dst_store or (self if parse_uri(dst).scheme == self.scheme else Store.from_uri(dst))
         if target is self:
             dst_path = self._path(dst).path
+            self._sizes.pop(dst_path, None)
             self._call("copy", src, lambda fs: fs.copy(src_path, dst_path), lambda fs: fs._copy(src_path, dst_path))
             return
         target.put(dst, self.get(src))
@@ -763,6 +786,7 @@ class Store:
         def one(job: tuple[str, str]) -> str:
             local, dst = job
             rpath = self._path(dst).path
+            self._sizes.pop(rpath, None)
             size = os.path.getsize(local)
             if self.scheme == "file":
                 self._call("upload", dst, lambda fs: _local_copy_atomic(local, rpath), _never, written=size)
@@ -856,6 +880,7 @@ class ObjectWriter:
             return
         self._closed = True
         attempts = _Attempts(self._store, "put", self.uri, None, None)
+        self._store._sizes.pop(self._path, None)
         try:
             if self._sink is not self._raw:
                 self._sink.close()
@@ -1011,6 +1036,34 @@ def _local_read(path: str, offset: int, length: int | None, options: StoreOption
                 got += len(more)
             data = b"".join(pieces)
         return data
+    finally:
+        os.close(fd)
+
+
+def _local_read_blocks(
+    uri: str, path: str, blocks: Sequence[tuple[int, int, Any]], options: StoreOptions
+) -> builtins.list[bytes]:
+    """Read ``(start, end, _)`` blocks of one local file with one descriptor."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        size = os.fstat(fd).st_size
+        out = []
+        for start, end, _ in blocks:
+            if end > size:
+                raise InvalidRangeError(
+                    f"range [{start}, {end}) is past the end of the object ({size} bytes)", uri=uri, op="get_range"
+                )
+            if options.fadvise != "none":
+                small = end - start < options.fadvise_random_below
+                advice = _FADV["random" if (options.fadvise == "random" or (options.fadvise == "auto" and small))
+                               else "sequential"]  # fmt: skip
+                if advice is not None:
+                    os.posix_fadvise(fd, start, end - start, advice)
+            data = os.pread(fd, end - start, start)
+            if len(data) != end - start:
+                raise _ShortRead(f"got {len(data)} of {end - start} bytes at offset {start}")
+            out.append(data)
+        return out
     finally:
         os.close(fd)
 
