@@ -304,12 +304,7 @@ class _Context:
     def close(self) -> None:
         """Release thread pools and flush op-logs of every Store used."""
         for store in self._stores.values():
-            store.close()
-            # TODO(store): use a public flush once Store.close() flushes its op-log itself.
-            oplog = getattr(store, "_oplog", None)
-            if oplog is not None:
-                with contextlib.suppress(Exception):
-                    oplog.flush()
+            store.close()  # also flushes the op-log
         self._stores.clear()
 
 
@@ -320,29 +315,15 @@ def _isatty(stream: Any) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _stats_progress(ctx: _Context, store: Store, bar: Any, field: str) -> Iterator[None]:
-    """Advance ``bar`` from ``store.stats`` while a Store call without a progress hook runs."""
-    base = store.stats.snapshot()[field]
-    stop = threading.Event()
+def _bar_hook(bar: Any) -> Any:
+    """A Store ``progress(uri, nbytes)`` callback advancing ``bar`` (thread-safe)."""
+    lock = threading.Lock()
 
-    def tick() -> None:
-        while not stop.wait(PROGRESS_POLL_S):
-            bar.n = store.stats.snapshot()[field] - base
-            bar.refresh()
+    def advance(_uri: str, nbytes: int) -> None:
+        with lock:
+            bar.update(nbytes)
 
-    thread = None
-    if not bar.disable:
-        thread = threading.Thread(target=tick, name="s3dlio-cli-progress", daemon=True)
-        thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        if thread is not None:
-            thread.join()
-        bar.n = store.stats.snapshot()[field] - base
-        bar.close()
+    return advance
 
 
 # ---------------------------------------------------------------------- subcommands
@@ -445,8 +426,8 @@ def cmd_upload(ctx: _Context, args: argparse.Namespace) -> int:
     bar = ctx.bar(total=total, desc="upload", nbytes=True)
     before = store.stats.snapshot()["bytes_written"]
     t0 = time.perf_counter()
-    with _stats_progress(ctx, store, bar, "bytes_written"):
-        uris = store.upload(args.sources, args.dest)
+    with bar:
+        uris = store.upload(args.sources, args.dest, progress=_bar_hook(bar))
     nbytes = store.stats.snapshot()["bytes_written"] - before
     seconds = time.perf_counter() - t0
     ctx.print(f"uploaded {_plural(len(uris), 'file')} ({human_size(nbytes)}) to {args.dest} "
@@ -463,8 +444,9 @@ def cmd_download(ctx: _Context, args: argparse.Namespace) -> int:
     bar = ctx.bar(total=total, desc="download", nbytes=True)
     before = store.stats.snapshot()["bytes_read"]
     t0 = time.perf_counter()
-    with _stats_progress(ctx, store, bar, "bytes_read"):
-        paths = store.download(args.prefix, args.dest, pattern=args.pattern, regex=args.regex)
+    with bar:
+        paths = store.download(args.prefix, args.dest, pattern=args.pattern, regex=args.regex,
+                               progress=_bar_hook(bar))
     nbytes = store.stats.snapshot()["bytes_read"] - before
     seconds = time.perf_counter() - t0
     ctx.print(f"downloaded {_plural(len(paths), 'object')} ({human_size(nbytes)}) to {args.dest} "

@@ -262,7 +262,9 @@ class Store:
         self.close()
 
     def close(self) -> None:
-        """Release this process's thread pool. The Store can still be used afterwards."""
+        """Flush the op-log and release this process's thread pool. The Store can still be used."""
+        if self._oplog is not None:
+            self._oplog.flush()
         state, self._state = self._state, None
         if state is not None and state.pid == os.getpid():
             state.executor.shutdown(wait=False, cancel_futures=True)
@@ -279,7 +281,14 @@ class Store:
         with self._state_lock:
             state = self._state
             if state is None or state.pid != os.getpid():
-                state = _ProcessState(self._make_fs(), threads=min(self.options.max_in_flight, 32))
+                try:
+                    fs = self._make_fs()
+                except (ValueError, TypeError) as exc:  # bad or missing storage options
+                    raise ConfigError(
+                        f"cannot set up the {self.scheme}:// filesystem with storage_options "
+                        f"{_redact(self.storage_options)!r}: {exc}"
+                    ) from exc
+                state = _ProcessState(fs, threads=min(self.options.max_in_flight, 32))
                 self._state = state
         return state
 
@@ -779,7 +788,20 @@ class Store:
         """Copy one object. Within one backend the copy is server-side; across backends the
         bytes flow through this process (``dst_store`` configures the destination)."""
         src_path = self._path(src).path
-        target = dst_store or (self if parse_uri(dst).scheme == self.scheme else Store.from_uri(dst))
+        dst_scheme = parse_uri(dst).scheme
+        if dst_store is None and dst_scheme != self.scheme:
+            if dst_scheme not in ("file", "direct"):
+                raise ConfigError(
+                    f"copy to {dst!r} crosses backends: pass dst_store=Store.from_uri(dst, storage_options) "
+                    "so that the destination's endpoint and credentials are known"
+                )
+            dst_store = Store.from_uri(dst)
+        target = dst_store or self
+        if target is self and self.scheme == "file":
+            dst_path = self._path(dst).path
+            self._sizes.pop(dst_path, None)
+            self._call("copy", src, lambda fs: _local_copy_atomic(src_path, dst_path), _never)
+            return
         if target is self:
             dst_path = self._path(dst).path
             self._sizes.pop(dst_path, None)
@@ -787,11 +809,15 @@ class Store:
             return
         target.put(dst, self.get(src))
 
-    def upload(self, sources: str | Sequence[str], dest_prefix: str) -> builtins.list[str]:
+    def upload(
+        self, sources: str | Sequence[str], dest_prefix: str, *,
+        progress: Callable[[str, int], None] | None = None,
+    ) -> builtins.list[str]:
         """Upload local files to ``dest_prefix``; return the destination URIs.
 
         ``sources`` are paths, directories (uploaded recursively, keeping relative paths) or
-        globs (``data/*.npz``, ``data/**/*.parquet``).
+        globs (``data/*.npz``, ``data/**/*.parquet``). ``progress(uri, nbytes)`` is called
+        once per finished file (from worker threads).
         """
         pairs = _expand_local_sources([sources] if isinstance(sources, str) else list(sources))
         if not pairs:
@@ -814,6 +840,8 @@ class Store:
             else:
                 self._call("upload", dst, lambda fs: fs.put_file(local, rpath),
                            lambda fs: fs._put_file(local, rpath), written=size)
+            if progress is not None:
+                progress(dst, size)
             return dst
 
         workers = max(1, min(self.options.max_in_flight, len(jobs), 16))
@@ -822,13 +850,14 @@ class Store:
 
     def download(
         self, prefix: str, local_dir: str | os.PathLike[str], *, pattern: str | None = None,
-        regex: str | None = None,
+        regex: str | None = None, progress: Callable[[str, int], None] | None = None,
     ) -> builtins.list[str]:
         """Download every object under ``prefix`` into ``local_dir``; return the local paths.
 
         Keys keep their path relative to the prefix. A key that would land outside
         ``local_dir`` (``..`` segments, an absolute key) raises
         :class:`~s3dlio_loader.errors.PathTraversalError` before anything is written.
+        ``progress(uri, nbytes)`` is called once per object written.
         """
         root = os.path.realpath(os.fspath(local_dir))
         objects, base = self._list_with_base(prefix, True, pattern, regex, False)
@@ -843,6 +872,8 @@ class Store:
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             _local_write_atomic(dest, data)
             out.append(dest)
+            if progress is not None:
+                progress(uri, len(data))
         return out
 
 

@@ -279,7 +279,9 @@ def test_upload_download_roundtrip(backend, tmp_path):
     files = {"top.bin": b"top", "a/one.bin": b"one" * 100, "a/b/two.npz": b"two" * 1000}
     for rel, data in files.items():
         (src / rel).write_bytes(data)
-    uploaded = store.upload(str(src), backend.uri("up"))
+    seen = []
+    uploaded = store.upload(str(src), backend.uri("up"), progress=lambda uri, n: seen.append(n))
+    assert sorted(seen) == sorted(len(d) for d in files.values())
     assert sorted(uploaded) == sorted(backend.uri("up", rel) for rel in files)
     globbed = store.upload(str(src / "**" / "*.npz"), backend.uri("globbed"))
     assert globbed == [backend.uri("globbed/a/b/two.npz")]
@@ -497,3 +499,18 @@ def test_rewritten_object_is_not_served_a_stale_size(backend):
     with store.open_writer(uri) as w:
         w.write(b"z" * 300)
     assert store.get(uri) == b"z" * 300
+
+
+def test_copy_across_backends_needs_the_destination_store(tmp_path):
+    store = Store.from_uri(str(tmp_path))
+    store.put(f"file://{tmp_path}/a.bin", b"a")
+    with pytest.raises(ConfigError, match="dst_store"):
+        store.copy(f"file://{tmp_path}/a.bin", "s3://bucket/a.bin")
+    store.copy(f"file://{tmp_path}/a.bin", f"file://{tmp_path}/new/dir/b.bin")
+    assert (tmp_path / "new" / "dir" / "b.bin").read_bytes() == b"a"
+
+
+def test_bad_storage_options_give_a_config_error():
+    store = Store("az", {"account_name": None})
+    with pytest.raises(ConfigError, match="az://"):
+        store.list("az://container/")
