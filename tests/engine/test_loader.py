@@ -300,3 +300,17 @@ def test_bad_arguments(npy_dir, tmp_path):
 
     with pytest.raises(ObjectNotFoundError):
         Loader(f"file://{tmp_path}/empty/", format="npy")
+
+
+def test_slow_consumer_stays_within_the_memory_budget(npy_dir):
+    budget = 4 << 20
+    opts = LoaderOptions(memory_budget=budget, slots_per_worker=2)
+    loader = make(npy_dir, num_workers=2, batch_size=8, options=opts)
+    peak = 0
+    for batch in loader:
+        time.sleep(0.01)  # the workers are faster than this consumer
+        engine = loader._engine
+        sizes = [os.stat(p).st_size for p in glob.glob(f"/dev/shm/{engine.prefix}*")]
+        peak = max(peak, sum(sizes))
+        del batch
+    assert 0 < peak <= budget
