@@ -416,7 +416,7 @@ class Store:
         for offset, length in ranges:
             _check_range(uri, offset, length)
         path = self._path(uri).path
-        blocks = coalesce_ranges(ranges, self.options.coalesce_gap)
+        blocks = coalesce_ranges(ranges, self.options.coalesce_gap, self.options.range_chunk)
         if self.scheme == "file":
             # Local blocks: one open file, read in this thread (a pool hop costs more than a pread).
             datas = self._run_sync("get_range", uri, lambda: _local_read_blocks(uri, path, blocks, self.options),
@@ -976,9 +976,13 @@ class ObjectWriter:
 # ---------------------------------------------------------------------- helpers
 
 
-def coalesce_ranges(ranges: Sequence[tuple[int, int]], gap: int) -> list[tuple[int, int, list[int]]]:
+def coalesce_ranges(
+    ranges: Sequence[tuple[int, int]], gap: int, max_block: int | None = None
+) -> list[tuple[int, int, list[int]]]:
     """Merge ``(offset, length)`` ranges whose gap is at most ``gap`` bytes.
 
+    A block stops growing at ``max_block`` bytes (a range longer than that stays whole), so
+    a long run of adjacent ranges becomes several requests that can run concurrently.
     Returns ``(start, end, member indices)`` blocks in offset order.
 
     >>> coalesce_ranges([(0, 10), (12, 4), (100, 5)], gap=2)
@@ -989,7 +993,10 @@ def coalesce_ranges(ranges: Sequence[tuple[int, int]], gap: int) -> list[tuple[i
     for i in order:
         offset, length = ranges[i]
         end = offset + length
-        if blocks and offset - blocks[-1][1] <= gap:
+        merge = bool(blocks) and offset - blocks[-1][1] <= gap
+        if merge and max_block is not None:
+            merge = max(blocks[-1][1], end) - blocks[-1][0] <= max_block
+        if merge:
             start, prev_end, members = blocks[-1]
             members.append(i)
             blocks[-1] = (start, max(prev_end, end), members)

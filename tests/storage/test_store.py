@@ -109,6 +109,9 @@ def test_coalesce_ranges_unit():
     assert coalesce_ranges([], 10) == []
     assert coalesce_ranges([(100, 10), (0, 10)], 0) == [(0, 10, [1]), (100, 110, [0])]
     assert coalesce_ranges([(0, 100), (10, 5)], 0) == [(0, 100, [0, 1])]  # contained range
+    # adjacent ranges stop merging at max_block; an oversized range stays whole
+    assert coalesce_ranges([(0, 40), (40, 40), (80, 40), (120, 500)], 0, max_block=100) == [
+        (0, 80, [0, 1]), (80, 120, [2]), (120, 620, [3])]  # fmt: skip
 
 
 def test_large_object_fetched_as_concurrent_ranges(backend):
