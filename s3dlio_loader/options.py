@@ -172,8 +172,69 @@ class StoreOptions(OptionsBase):
             )
 
 
+@dataclasses.dataclass(frozen=True)
+class MultiEndpointOptions(OptionsBase):
+    """How a :class:`~s3dlio_loader.storage.multi.MultiEndpointStore` spreads requests over endpoints.
+
+    Variables are spelled ``S3DLIO_MULTI_<NAME>`` (``S3DLIO_MULTI_STRATEGY=least_connections``).
+    """
+
+    env_prefix: ClassVar[str] = "S3DLIO_MULTI_"
+
+    strategy: str = _opt(
+        "round_robin",
+        "Endpoint choice per request: round_robin (in turn) or least_connections (fewest requests in flight).",
+    )
+    backoff_s: float = _opt(
+        5.0, "Seconds an endpoint is left out after a request failed there (after the Store's own retries)."
+    )
+    max_backoff_s: float = _opt(60.0, "Cap of the back-off, which doubles with each consecutive failure.")
+    failover: bool = _opt(
+        True, "Retry a request that failed transiently on the other endpoints (they must hold the same objects)."
+    )
+    replicate_writes: bool = _opt(
+        False, "put/open_writer/delete/copy go to every endpoint (independent replicas) instead of one."
+    )
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("round_robin", "least_connections"):
+            raise ConfigError(
+                "MultiEndpointOptions.strategy must be round_robin or least_connections "
+                f"(got strategy={self.strategy!r})"
+            )
+        if not self.backoff_s >= 0 or not self.max_backoff_s >= 0:  # also rejects NaN
+            raise ConfigError(
+                f"back-off delays must be >= 0 (got backoff_s={self.backoff_s!r}, "
+                f"max_backoff_s={self.max_backoff_s!r})"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class DatagenOptions(OptionsBase):
+    """How :mod:`s3dlio_loader.datagen` and the op-log replay write generated objects.
+
+    Variables are spelled ``S3DLIO_DATAGEN_<NAME>`` (``S3DLIO_DATAGEN_WORKERS=16``).
+    """
+
+    env_prefix: ClassVar[str] = "S3DLIO_DATAGEN_"
+
+    workers: int = _opt(8, "Threads building and writing dataset objects in parallel (generate_dataset).")
+    max_in_flight: int = _opt(
+        32, "Objects written (put_template) or requests replayed (replay_oplog) concurrently."
+    )
+    chunk_size: int = _opt(
+        16 * MiB, "Generated objects larger than this are streamed in pieces of this size (bounded memory)."
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("workers", "max_in_flight", "chunk_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"DatagenOptions.{name} must be a positive integer (got {name}={value!r})")
+
+
 #: Option classes documented in docs/configuration.md (later layers add theirs here).
-DOCUMENTED_OPTIONS: list[type[OptionsBase]] = [StoreOptions]
+DOCUMENTED_OPTIONS: list[type[OptionsBase]] = [StoreOptions, MultiEndpointOptions, DatagenOptions]
 
 
 def render_options_markdown() -> str:
