@@ -417,6 +417,7 @@ class Store:
             _check_range(uri, offset, length)
         path = self._path(uri).path
         blocks = coalesce_ranges(ranges, self.options.coalesce_gap, self.options.range_chunk)
+        datas: Sequence[Buffer]
         if self.scheme == "file":
             # Local blocks: one open file, read in this thread (a pool hop costs more than a pread).
             datas = self._run_sync("get_range", uri, lambda: _local_read_blocks(uri, path, blocks, self.options),
