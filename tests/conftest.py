@@ -27,7 +27,10 @@ import os
 
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"  # must precede any gcsfs import (see above)
 
+import atexit
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,6 +51,12 @@ from servers import (
     MotoServer,
     Server,
 )
+
+# The metadata cache persists to $S3DLIO_CACHE_DIR (default ~/.cache/s3dlio-loader): tests, their
+# subprocesses and loader workers use a private directory of this session instead.
+_metadata_cache_dir = tempfile.mkdtemp(prefix="s3dlio-test-metadata-cache-")
+os.environ["S3DLIO_CACHE_DIR"] = _metadata_cache_dir
+atexit.register(shutil.rmtree, _metadata_cache_dir, True)
 
 for _k in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
            "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "STORAGE_EMULATOR_HOST"):  # fmt: skip

@@ -571,10 +571,23 @@ def _take_slot(free: Any, stop_event: Any) -> int | None:
 
 def _watch_parent(parent_pid: int, stop_event: Any, prefix: str, worker_id: int) -> None:
     """If the consumer dies, remove this loader's segments and end the worker."""
+    # With fork and spawn the consumer is this worker's parent; with forkserver the parent is
+    # the fork server, so the consumer is watched by pid (and the parent for a re-parenting).
+    first_ppid = os.getppid()
     while not stop_event.wait(0.5):
-        if os.getppid() != parent_pid:
+        if os.getppid() != first_ppid or not _pid_alive(parent_pid):
             shm.unlink_prefix(prefix)
             os._exit(1)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
 
 
 def _limit_framework_threads() -> None:

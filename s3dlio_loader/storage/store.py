@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Buffer = bytes | bytearray | memoryview
 
+#: Object sizes a Store remembers from listings (so that get() needs no HEAD); a bound keeps
+#: a listing of millions of objects from becoming millions of dict entries.
+_MAX_REMEMBERED_SIZES = 100_000
+
 #: storage_options keys whose values are secrets: shown as '***' in repr and logs.
 SECRET_OPTION_NAMES = frozenset(
     {
@@ -246,6 +250,7 @@ class Store:
         state = self.__dict__.copy()
         for name in ("_state", "_state_lock", "stats", "_oplog"):
             del state[name]
+        state["_sizes"] = {}  # a cache, possibly of a huge listing: not worth sending to workers
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -662,7 +667,7 @@ class Store:
             if matcher is not None and not matcher.search(rel):
                 continue
             obj = _to_object_info(self.scheme, {**info, "name": name})
-            if not obj.is_dir:
+            if not obj.is_dir and len(self._sizes) < _MAX_REMEMBERED_SIZES:
                 self._sizes[name] = obj.size
             out.append(obj)
         out.sort(key=lambda o: o.uri)
