@@ -5,6 +5,8 @@ Importing this package imports no ML framework; each adapter imports its framewo
 
 from __future__ import annotations
 
+from .datagen import DataGenerator, generate_data, generate_dataset, put_template
+from .engine import Dataset, Loader, LoaderOptions, Manifest, WorkerDiedError, WorkerError
 from .errors import (
     AccessDeniedError,
     ConfigError,
@@ -19,15 +21,16 @@ from .errors import (
     TransientStorageError,
     UnsupportedSchemeError,
 )
-from .engine import Dataset, Loader, LoaderOptions, Manifest, WorkerDiedError, WorkerError
 from .options import StoreOptions
 from .storage import ObjectInfo, Store, parse_uri, store_for
+from .storage.multi import MultiEndpointStore, create_multi_endpoint_store
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AccessDeniedError",
     "ConfigError",
+    "DataGenerator",
     "Dataset",
     "DirectIOError",
     "FormatError",
@@ -36,6 +39,7 @@ __all__ = [
     "LoaderOptions",
     "Manifest",
     "MissingDependencyError",
+    "MultiEndpointStore",
     "ObjectInfo",
     "ObjectNotFoundError",
     "PathTraversalError",
@@ -48,6 +52,10 @@ __all__ = [
     "WorkerDiedError",
     "WorkerError",
     "__version__",
+    "create_multi_endpoint_store",
+    "generate_data",
+    "generate_dataset",
     "parse_uri",
+    "put_template",
     "store_for",
 ]

@@ -696,6 +696,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"bytes per object: 4096, 256k, 1MiB... (default: {DEMO_SIZE})")
     p.add_argument("--seed", type=int, default=0, help="seed of the random data (default: 0)")
     p.add_argument("--keep", action="store_true", help="leave the objects in place")
+
+    from .jobs import train  # imports no framework: torch is imported when the job runs
+
+    p = sub("train", train.HELP, train.cli_command)
+    train.add_arguments(p)
+
+    from . import datagen
+    from .storage import oplog_tools
+
+    p = sub("gen", "generate a synthetic dataset under a prefix (--format) or N objects from a {} template (--size)",
+            lambda ctx, args: datagen.run_gen(args, ctx.store(args.target), progress=ctx.progress, out=ctx.out))
+    datagen.add_gen_arguments(p)
+    p = sub("oplog", "summarize an op-log, or replay its GETs and PUTs against another prefix",
+            lambda ctx, args: oplog_tools.run_oplog(args, ctx.store, progress=ctx.progress, out=ctx.out))
+    oplog_tools.add_oplog_arguments(p, add_common=lambda q: _add_global_options(q, sub=True))
     return parser
 
 
@@ -738,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if args.command is None:
         parser.print_usage(sys.stderr)
-        _error("a command is required (ls, stat, get, put, upload, download, rm, cp, demo)")
+        _error("a command is required (ls, stat, get, put, upload, download, rm, cp, demo, train, gen, oplog)")
         return 2
     verbosity = (getattr(args, "verbose", None) or 0) + (getattr(args, "verbose_sub", None) or 0)
     with _logging(verbosity):

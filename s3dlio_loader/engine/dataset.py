@@ -333,8 +333,11 @@ class Dataset:
             return o, self.reader(o).read_batch(local[positions].tolist())
 
         out: list[Any] = [_MISSING] * len(ids)
-        if len(groups) == 1:
-            results: Iterable[tuple[int, list[Any]]] = [read_group(next(iter(groups)))]
+        if len(groups) == 1 or self.store.scheme == "file":
+            # Local objects are read in this thread: a page-cache read costs less than the
+            # hand-off to a pool thread, and buffers freed here are reused while still mapped
+            # (see Store.get_many); remote objects are fetched concurrently.
+            results: Iterable[tuple[int, list[Any]]] = [read_group(o) for o in groups]
         else:
             results = self._local.get().pool(self.io_threads).map(read_group, list(groups))
         skipped = False
