@@ -216,6 +216,7 @@ class MetadataCache:
         than the TTL, else listed (one LIST per prefix; processes listing the same prefix at
         the same time wait for the first one's result).
         """
+        prefix = _canonical(prefix)  # "train/" names different data in different working directories
         ttl = self.options.listing_ttl
         mkey = (repr(store), prefix, pattern, regex)
         with self._lock:
@@ -321,6 +322,7 @@ class MetadataCache:
         ``stat`` tells whether it changed, and only a changed manifest is fetched and parsed
         (``parse(bytes)``) again.
         """
+        uri = _canonical(uri)
         ttl = self.options.listing_ttl
         mkey = (repr(store), uri)
         with self._lock:
@@ -595,3 +597,13 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 __all__ = ["CacheOptions", "Catalog", "MetadataCache", "ObjectTable", "configure", "get_cache"]
+
+
+def _canonical(uri: str) -> str:
+    """``uri`` as an absolute canonical URI (relative local paths resolved), keeping a trailing slash."""
+    from ..storage import parse_uri
+
+    canonical = parse_uri(uri).uri
+    if uri.endswith("/") and not canonical.endswith("/"):
+        canonical += "/"
+    return canonical
