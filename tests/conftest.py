@@ -33,7 +33,6 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,6 +41,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import servers` / `import faultproxy`
 
+from backends import REMOTE, Backend
 from faultproxy import FaultProxy
 from servers import (
     AWS_CLIENT_ENV,
@@ -64,7 +64,6 @@ for _k in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_
 os.environ.update(AWS_CLIENT_ENV)
 
 BACKENDS = ["file", "direct", "s3", "az", "gs"]
-REMOTE = ("s3", "az", "gs")
 _FIXTURE_KIND = {"moto_server": "s3", "azurite_server": "az", "gcs_server": "gs"}
 
 _servers: dict[str, Server] = {}  # kind -> server (created on first need)
@@ -155,49 +154,6 @@ def _fs_type(path: Path) -> str:
     except OSError:
         return ""
     return fstype
-
-
-@dataclass
-class Backend:
-    """One storage backend for a test.
-
-    ``root_uri`` is fresh and empty for every test: ``s3://test-<uuid8>`` (bucket created),
-    ``az://test-<uuid8>`` (container created), ``gs://test-<uuid8>`` (bucket created),
-    ``file:///<tmp_path>`` or ``direct:///<dir on a real disk>``.
-    """
-
-    scheme: str
-    root_uri: str
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    server: Server | None = None
-    bucket: str | None = None  # bucket/container name for s3/az/gs
-    local_path: Path | None = None  # the directory for file/direct
-
-    @property
-    def name(self) -> str:
-        return self.scheme
-
-    @property
-    def is_remote(self) -> bool:
-        return self.scheme in REMOTE
-
-    def uri(self, *parts: str) -> str:
-        """``root_uri`` joined with ``parts`` by '/'."""
-        return "/".join([self.root_uri.rstrip("/"), *(p.strip("/") for p in parts)])
-
-    def fs(self) -> Any:
-        """A plain, uncached fsspec filesystem to prepare or inspect test data (paths without scheme:
-        ``bucket/key`` for object stores, absolute paths for file; direct:// uses LocalFileSystem)."""
-        import fsspec
-
-        if self.server is not None:
-            return self.server.filesystem()
-        return fsspec.filesystem("file", auto_mkdir=True, skip_instance_cache=True)
-
-    def path(self, *parts: str) -> str:
-        """Scheme-less path for ``fs()``: ``bucket/parts`` or ``/local/dir/parts``."""
-        base = self.bucket if self.bucket is not None else str(self.local_path)
-        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
 @pytest.fixture(params=BACKENDS)

@@ -243,7 +243,7 @@ def test_run_oplog_summary_and_replay(tmp_path, backend_file):
 @pytest.fixture
 def backend_file(tmp_path):
     """A file:// backend like conftest's, without parametrizing over every backend."""
-    from conftest import Backend
+    from backends import Backend
 
     root = tmp_path / "store"
     root.mkdir()
