@@ -63,7 +63,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from multiprocessing import sharedctypes
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -85,9 +85,14 @@ from ..engine.plan import EpochOrder, ShardPlan, ShuffleMode, normalize_shuffle,
 from ..engine.prefetch import prefetch_ordered
 from ..formats import OnError
 from ..storage import Store
+from ..storage.store import LocalFiles
 
-#: Samples per ``Dataset.read_samples`` call in sample mode.
+#: Most samples per ``Dataset.read_samples`` call in sample mode (``read_size=None``).
 DEFAULT_READ_SIZE = 32
+#: ``read_size=None`` reads about this many stored bytes per call: samples as large as a
+#: Parquet row group are then read one at a time (measured: 32 row groups of 8 MiB per call,
+#: 256 MiB in flight, ran at 0.6x the speed of one per call), small ones 32 at a time.
+READ_BYTES_TARGET = 8 << 20
 #: Reads (sample mode) or batches (batch mode) in flight per process.
 DEFAULT_PREFETCH = 2
 _STATE_KIND = "s3dlio_loader.torch"
@@ -270,6 +275,19 @@ class S3Collate:
             offset += v.nbytes
         return parts
 
+    def collate_files(self, files: LocalFiles) -> list[Any]:
+        """What ``self(samples)`` makes of the raw objects ``files`` (``bytes_as="tensor"``), read
+        straight into the batch's tensor: no intermediate ``bytes``, one copy from the page cache."""
+        out = _empty((files.nbytes,), torch.uint8)
+        flat = out.numpy()
+        parts, views, offset = [], [], 0
+        for n in files.sizes:
+            views.append(flat[offset : offset + n])
+            parts.append(out[offset : offset + n])
+            offset += n
+        files.read_into(views)
+        return parts
+
     def __repr__(self) -> str:
         return f"S3Collate(bytes_as={self.bytes_as!r})"
 
@@ -435,7 +453,8 @@ class S3IterableDataset(_S3Base, _TorchIterableDataset):
         shuffle_window: window of the ``"block"`` shuffle.
         rank, world_size: this process's shard; default: ``torch.distributed`` if initialized,
             else ``RANK``/``WORLD_SIZE`` from the environment, else 0 and 1.
-        read_size: sample mode: samples read per request batch inside a worker.
+        read_size: sample mode: samples read per request batch inside a worker; default: as
+            many as make about 8 MiB of stored data, 1 to 32.
         prefetch: reads (sample mode) or batches (batch mode) in flight ahead of the consumer
             in each worker, on threads; 0 reads in the consumer's thread.
         engine_workers: batch mode, iterated in this process (``DataLoader(ds, batch_size=None,
@@ -481,7 +500,7 @@ class S3IterableDataset(_S3Base, _TorchIterableDataset):
         shuffle_window: int = 1024,
         rank: int | None = None,
         world_size: int | None = None,
-        read_size: int = DEFAULT_READ_SIZE,
+        read_size: int | None = None,
         prefetch: int = DEFAULT_PREFETCH,
         engine_workers: int = 0,
         loader_options: LoaderOptions | None = None,
@@ -498,7 +517,7 @@ class S3IterableDataset(_S3Base, _TorchIterableDataset):
         if collate_fn is not None and batch_size is None:
             raise ConfigError("collate_fn applies when the dataset makes batches (batch_size=...); "
                               "in sample mode give collate_fn to the DataLoader")  # fmt: skip
-        if read_size < 1:
+        if read_size is not None and read_size < 1:
             raise ConfigError(f"read_size must be >= 1 (got read_size={read_size})")
         if prefetch < 0:
             raise ConfigError(f"prefetch must be >= 0 (got prefetch={prefetch})")
@@ -524,7 +543,7 @@ class S3IterableDataset(_S3Base, _TorchIterableDataset):
         self.shuffle_window = shuffle_window
         self.rank = rank
         self.world_size = world_size
-        self.read_size = read_size
+        self.read_size = read_size if read_size is not None else self._auto_read_size()
         self.prefetch = prefetch
         self.engine_workers = engine_workers
         self.loader_options = loader_options
@@ -614,6 +633,15 @@ class S3IterableDataset(_S3Base, _TorchIterableDataset):
             return start, [int(e) for e in extra]
         return start, [0] * workers
 
+    def _auto_read_size(self) -> int:
+        sizes = np.asarray(self.dataset.objects.sizes)
+        known = sizes[sizes >= 0]
+        samples = len(self.dataset)
+        if not known.size or not samples:
+            return DEFAULT_READ_SIZE
+        per_sample = float(known.sum()) / (samples * known.size / sizes.size)
+        return max(1, min(DEFAULT_READ_SIZE, int(READ_BYTES_TARGET // max(per_sample, 1.0))))
+
     @staticmethod
     def _worker_index() -> int:
         info = get_worker_info()
@@ -684,9 +712,18 @@ class S3IterableDataset(_S3Base, _TorchIterableDataset):
 
     def _batches(self, plan: ShardPlan, worker: int, workers: int, skip: int) -> Iterator[Any]:
         mine = range(worker, plan.num_batches, workers)[skip:]
+        collate = self.collate_fn
+        # Raw local objects collated into one uint8 tensor are read straight into it.
+        direct = (isinstance(collate, S3Collate) and collate.bytes_as == "tensor" and self.transform is None
+                  and not self.to_tensor and type(self)._prepare is S3IterableDataset._prepare)  # fmt: skip
 
         def make(batch: int) -> Any:
-            return self.collate_fn(self._prepare(self.dataset.read_samples(plan.batch_samples(batch))))
+            ids = plan.batch_samples(batch)
+            if direct:
+                files = self.dataset.open_local_raw(ids)
+                if files is not None:
+                    return cast(S3Collate, collate).collate_files(files)
+            return collate(self._prepare(self.dataset.read_samples(ids)))
 
         yield from prefetch_ordered(make, mine, self.prefetch, thread_name_prefix="s3dlio-torch")
 

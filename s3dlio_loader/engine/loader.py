@@ -9,7 +9,7 @@ shared-memory slots; the consumer gets numpy views of those slots without a copy
 Memory: each worker owns ``slots_per_worker`` slots sized from ``memory_budget``. A worker
 waits for a free slot before it writes a batch (back-pressure), so memory stays within the
 budget whatever the consumer's speed. A slot is free again when the consumer has dropped
-every view into the batch it holds (tracked with a weak reference to the batch's mapping),
+every view into the batch it holds (tracked with a weak reference to the batch's lease),
 so a batch a user keeps stays valid; a user who keeps every batch makes the pool grow
 (with a warning) instead of deadlocking.
 
@@ -23,6 +23,7 @@ shared-memory segment, and workers remove theirs and exit if the consumer dies.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import mmap
 import os
@@ -283,7 +284,12 @@ class Loader:
 
 
 def _make_batch(loader: Loader, plan: ShardPlan, batch: int, *, lazy: bool) -> Any:
-    samples = loader.dataset.read_samples(plan.batch_samples(batch))
+    ids = plan.batch_samples(batch)
+    if lazy and loader.transform is None and loader.collate_fn is None:
+        files = loader.dataset.open_local_raw(ids)
+        if files is not None:
+            return files  # shm.write reads them straight into the worker's shared-memory slot
+    samples = loader.dataset.read_samples(ids)
     if loader.transform is not None:
         samples = [loader.transform(s) for s in samples]
     if loader.collate_fn is not None:
@@ -308,7 +314,10 @@ class _Engine:
         self.prefix = shm.new_prefix()
         self.ctx = mp.get_context(opts.start_method)
         self.results = self.ctx.Queue()
-        self.free: list[Any] = [self.ctx.Queue() for _ in range(self.num_workers)]
+        # Free slots go back to each worker through its own pipe, written synchronously: a
+        # Queue's feeder thread added a GIL hand-off to every slot's round trip (measured: the
+        # workers then spent as long waiting for slots as reading).
+        self.free: list[Any] = [self.ctx.SimpleQueue() for _ in range(self.num_workers)]
         # A flag in shared memory, not an Event: a worker SIGKILLed while holding an Event's
         # lock would leave every later set()/wait() blocked forever.
         self.stop_event = _StopFlag(self.ctx)
@@ -317,6 +326,7 @@ class _Engine:
         self.slots = [opts.slots_per_worker] * self.num_workers
         self.grants = [0] * self.num_workers
         self.closed = False
+        self._mappings: dict[str, mmap.mmap] = {}  # segment name -> this process's mapping of it
         # Re-entrant: a batch's finalizer (which releases its slot) may run inside a locked section.
         self._lock = threading.RLock()
         self.procs = []
@@ -406,13 +416,20 @@ class _Engine:
 
     def _deliver(self, batch: int, item: tuple[int, str, int, Any]) -> Any:
         worker, name, used, layout = item
-        # One mapping per delivered batch: every view of the batch keeps it alive, and the
-        # slot goes back to its worker only when the last view is gone.
-        mapping = shm.map_segment(name, used)
-        data = shm.read(layout, mapping)
+        mapping = self._mappings.get(name)
+        if mapping is None:
+            slot_prefix = name.rsplit("-", 1)[0] + "-"  # a grown slot has a new segment: forget the old one
+            for old in [n for n in self._mappings if n.startswith(slot_prefix)]:
+                del self._mappings[old]  # unmapped when the last batch viewing it is gone
+            mapping = self._mappings[name] = shm.map_segment(name)
+        # A lease over the batch's bytes: every view of the batch holds it, and the slot goes
+        # back to its worker only when the last view is gone. (Views of the mapping itself would
+        # not tell one batch from the next in the same slot.)
+        lease = (ctypes.c_char * used).from_buffer(mapping)
+        data = shm.read(layout, lease)
         with self._lock:
             self.leased[worker] += 1
-        weakref.finalize(mapping, _release, weakref.ref(self), worker, name)
+        weakref.finalize(lease, _release, weakref.ref(self), worker, name)
         return data
 
     def release(self, worker: int, name: str) -> None:
@@ -425,6 +442,10 @@ class _Engine:
     def shutdown(self) -> None:
         self.closed = True
         self._finalizer()
+        mappings, self._mappings = self._mappings, {}
+        for mapping in mappings.values():
+            with contextlib.suppress(BufferError):  # batches still held keep theirs until they go
+                mapping.close()
 
 
 def _slot_of(name: str) -> int:
@@ -450,9 +471,11 @@ def _cleanup(procs: list[Any], stop_event: Any, prefix: str, results: Any, free:
         if proc.is_alive():
             proc.kill()
             proc.join(1.0)
-    for q in [results, *free]:
+    with contextlib.suppress(Exception):
+        results.cancel_join_thread()
+        results.close()
+    for q in free:
         with contextlib.suppress(Exception):
-            q.cancel_join_thread()
             q.close()
     shm.unlink_prefix(prefix)
 
@@ -562,10 +585,8 @@ class _StopFlag:
 
 def _take_slot(free: Any, stop_event: Any) -> int | None:
     while not stop_event.is_set():
-        try:
-            return int(free.get(timeout=0.1))
-        except queue.Empty:
-            continue
+        if free._reader.poll(0.1):  # only this worker reads its queue
+            return int(free.get())
     return None
 
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ..storage.store import LocalFiles
+
 SHM_DIR = "/dev/shm"
 ALIGN = 64
 
@@ -50,17 +52,17 @@ def create_segment(name: str, size: int) -> mmap.mmap:
         os.close(fd)
 
 
-def map_segment(name: str, size: int) -> mmap.mmap:
-    """Map the first ``size`` bytes of an existing segment (the consumer's side).
+def map_segment(name: str) -> mmap.mmap:
+    """Map an existing segment whole, read-write (the consumer's side).
 
     The mapping is writable so that arrays built on it are ordinary writable arrays
-    (``torch.from_numpy`` warns on read-only ones); the slot belongs to the consumer
-    until it is released.
+    (``torch.from_numpy`` warns on read-only ones); a slot belongs to the consumer while it
+    holds a batch in it. The consumer maps each slot once and reuses the mapping for every
+    batch written there: pages are faulted in once, not once per batch.
     """
     fd = os.open(segment_path(name), os.O_RDWR | os.O_CLOEXEC)
     try:
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        return mmap.mmap(fd, size, flags, mmap.PROT_READ | mmap.PROT_WRITE)
+        return mmap.mmap(fd, os.fstat(fd).st_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     finally:
         os.close(fd)
 
@@ -97,6 +99,8 @@ def _align(n: int) -> int:
 
 def measure(obj: Any) -> int:
     """Bytes of segment space :func:`write` needs for ``obj``."""
+    if isinstance(obj, LocalFiles):
+        return sum(_align(n) for n in obj.sizes)
     if isinstance(obj, Stack) or (isinstance(obj, np.ndarray) and obj.dtype.hasobject is False):
         return _align(obj.nbytes)
     if isinstance(obj, bytes | bytearray | memoryview):
@@ -111,7 +115,18 @@ def measure(obj: Any) -> int:
 
 
 def write(obj: Any, buf: memoryview, offset: int = 0) -> tuple[Any, int]:
-    """Copy ``obj`` into ``buf`` at ``offset``; return (layout, next free offset)."""
+    """Copy ``obj`` into ``buf`` at ``offset``; return (layout, next free offset).
+
+    :class:`~s3dlio_loader.storage.store.LocalFiles` are read into ``buf`` (a list of bytes).
+    """
+    if isinstance(obj, LocalFiles):
+        parts, views = [], []
+        for n in obj.sizes:
+            views.append(buf[offset : offset + n])
+            parts.append(("bytes", offset, n))
+            offset += _align(n)
+        obj.read_into(views)
+        return ("list", parts), offset
     if isinstance(obj, Stack) or (isinstance(obj, np.ndarray) and obj.dtype.hasobject is False):
         n = obj.nbytes
         dst = np.ndarray(obj.shape, dtype=obj.dtype, buffer=buf, offset=offset)
@@ -143,8 +158,9 @@ def write(obj: Any, buf: memoryview, offset: int = 0) -> tuple[Any, int]:
     return ("pickle", offset, len(data)), offset + _align(len(data))
 
 
-def read(layout: Any, buf: memoryview | mmap.mmap) -> Any:
-    """Rebuild the object :func:`write` stored, as zero-copy views into ``buf``."""
+def read(layout: Any, buf: Any) -> Any:
+    """Rebuild the object :func:`write` stored, as zero-copy views into ``buf`` (any writable
+    buffer: a memoryview, an mmap, a ctypes array over one); the views keep ``buf`` alive."""
     kind = layout[0]
     if kind == "array":
         _, offset, shape, dtype = layout

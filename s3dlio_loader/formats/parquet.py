@@ -24,12 +24,13 @@ sparse read-only file, without copying them.
 from __future__ import annotations
 
 import bisect
+import ctypes
 import dataclasses
 import re
 import struct
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import numpy as np
 import pyarrow as pa
@@ -371,7 +372,7 @@ class ParquetReader(Reader):
             groups, within = self._row_group_of([i])
             decoded = self._decoded_groups([int(groups[0])])[int(groups[0])]
             return self._row(decoded, int(within[0]))
-        return self._fetch_and_decode([i])[0]
+        return self._fetch_and_decode([i], writable=True)[0]
 
     def read_batch(self, indices: Sequence[int]) -> list[Any]:
         """Samples ``indices`` in that order.
@@ -383,7 +384,7 @@ class ParquetReader(Reader):
         """
         idx = check_indices(self.uri, indices, len(self))
         if self.items == "row_group":
-            return [s for s in self._fetch_and_decode(idx, skip=True) if s is not _FAILED]
+            return [s for s in self._fetch_and_decode(idx, skip=True, writable=True) if s is not _FAILED]
         groups, within = self._row_group_of(idx)
         decoded = self._decoded_groups([int(g) for g in groups], skip=True)
         out = []
@@ -396,7 +397,7 @@ class ParquetReader(Reader):
     def row_group(self, i: int) -> Any:
         """Row group ``i`` decoded as ``decode`` says, whatever ``items`` is."""
         (j,) = check_indices(self.uri, [i], self.index.num_row_groups)
-        return self._fetch_and_decode([j])[0]
+        return self._fetch_and_decode([j], writable=True)[0]
 
     def _fetch(self, groups: Sequence[int]) -> list[list[tuple[int, memoryview]]]:
         """The (offset, bytes) of the selected column chunks of each group, coalesced into few requests."""
@@ -425,12 +426,15 @@ class ParquetReader(Reader):
                 total = size
         return waves
 
-    def _fetch_and_decode(self, groups: Sequence[int], skip: bool = False) -> list[Any]:
+    def _fetch_and_decode(self, groups: Sequence[int], skip: bool = False, writable: bool = False) -> list[Any]:
+        """Each distinct group of ``groups`` decoded once, in the order asked. ``writable``: numpy
+        columns may be written by the caller (see :func:`table_to_numpy`); a group asked for twice
+        is then given out once as decoded and as copies after that."""
         decoded: dict[int, Any] = {}
         for wave in self._waves(list(dict.fromkeys(groups))):
             for g, segments in zip(wave, self._fetch(wave), strict=True):
                 try:
-                    decoded[g] = self._decode_group(g, segments)
+                    decoded[g] = self._decode_group(g, segments, writable)
                 except FormatError as exc:
                     if not skip or self.on_error == "raise":
                         raise
@@ -440,12 +444,15 @@ class ParquetReader(Reader):
         seen: set[int] = set()
         for g in groups:
             d = decoded[g]
-            # A group asked for twice: give each numpy dict its own (shallow) copy.
-            out.append(dict(d) if g in seen and isinstance(d, dict) else d)
+            # A group asked for twice: each numpy dict is its own; with writable arrays, writing
+            # into one must not change another (copies are rare: padding repeats a few samples).
+            if g in seen and isinstance(d, dict):
+                d = {k: v.copy() if writable and isinstance(v, np.ndarray) else v for k, v in d.items()}
+            out.append(d)
             seen.add(g)
         return out
 
-    def _decode_group(self, g: int, segments: list[tuple[int, memoryview]]) -> Any:
+    def _decode_group(self, g: int, segments: list[tuple[int, memoryview]], writable: bool = False) -> Any:
         plan = self._projection()
         idx = self.index
         if self.decode == "raw":
@@ -457,7 +464,7 @@ class ParquetReader(Reader):
         table = self._decoder.decode(g, plan.selected, segments, self.use_threads)
         if self.decode == "numpy":
             try:
-                return table_to_numpy(table)
+                return table_to_numpy(table, writable=writable)
             except Exception as exc:  # e.g. invalid UTF-8 in a string column
                 raise FormatError(f"row group {g} does not convert to numpy: {exc}", uri=self.uri,
                                   format=FORMAT, offset=int(min((s for s, _ in segments), default=0))) from None
@@ -843,9 +850,37 @@ def _decode_row_group(
     return _Decoder(uri, size, metadata).decode(row_group, leaves, segments, use_threads)
 
 
-def table_to_numpy(table: pa.Table) -> dict[str, np.ndarray]:
-    """Column name -> numpy array (object arrays for list/struct columns)."""
-    return {name: col.to_numpy() for name, col in zip(table.column_names, table.columns, strict=True)}
+def table_to_numpy(table: pa.Table, *, writable: bool = False) -> dict[str, np.ndarray]:
+    """Column name -> numpy array (object arrays for list/struct columns).
+
+    Numeric columns without nulls are views of the table's buffers, read-only unless
+    ``writable``. Pass ``writable=True`` only for a table that nothing else uses (one just
+    decoded): the arrays then share its memory writable, so that a framework can take them
+    without a copy (``torch.from_numpy`` refuses read-only arrays; copying a decoded row group
+    cost as much as a third of its decode here).
+    """
+    out = {}
+    for name, col in zip(table.column_names, table.columns, strict=True):
+        arr = _writable_column(col) if writable else None
+        out[name] = arr if arr is not None else col.to_numpy()
+    return out
+
+
+def _writable_column(col: pa.ChunkedArray) -> np.ndarray | None:
+    """A writable numpy view of a single-chunk, null-free, fixed-width numeric column, else None."""
+    if col.num_chunks != 1 or col.null_count:
+        return None
+    chunk = col.chunk(0)
+    kind = chunk.type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)) or len(chunk) == 0:
+        return None
+    dtype = np.dtype(kind.to_pandas_dtype())
+    data = chunk.buffers()[1]
+    start = chunk.offset * dtype.itemsize
+    nbytes = len(chunk) * dtype.itemsize
+    holder = (ctypes.c_char * nbytes).from_address(data.address + start)
+    holder._owner = chunk  # keeps the arrow buffer alive with the view
+    return np.frombuffer(cast(Any, holder), dtype=dtype)
 
 
 # ---------------------------------------------------------------------- write

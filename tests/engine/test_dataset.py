@@ -131,6 +131,25 @@ def test_raw_objects_from_bare_uris_need_no_request(tmp_path):
     assert ds.read_samples([2, 0]) == [b"xxx", b"x"] and ops(store) == {"get": 2}
 
 
+def test_raw_local_objects_are_read_once_per_batch_in_order(tmp_path):
+    root = tmp_path / "objects"
+    root.mkdir()
+    for k in range(4):
+        (root / f"blob{k}").write_bytes(bytes([k]) * (k + 1))
+    store = Store("file")
+    ds = Dataset(f"file://{root}/", format="raw", store=store)
+    store.stats.reset()
+    assert ds.read_samples([3, 1, 3, 0]) == [b"\x03" * 4, b"\x01" * 2, b"\x03" * 4, b"\x00"]
+    assert ops(store) == {"get": 3}, "a sample asked twice in one batch is read once"
+    with pytest.raises(IndexError, match="outside"):
+        ds.read_samples([4])
+    decoded = Dataset(f"file://{root}/", format="raw", decode=len, store=store)  # through the readers
+    assert decoded.read_samples([3, 0]) == [4, 1]
+    (root / "blob2").unlink()
+    with pytest.raises(ObjectNotFoundError, match="blob2"):
+        ds.read_samples([1, 2])
+
+
 def test_bare_uris_are_stat_once(npy_dir):
     store = Store("file")
     uris = [f"file://{npy_dir}/part-{k}.npy" for k in range(5)]

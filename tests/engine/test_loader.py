@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import glob
 import os
@@ -99,7 +100,10 @@ def test_batches_are_zero_copy_views_into_shared_memory(npy_dir):
     base = batch.base
     while isinstance(base, np.ndarray):
         base = base.base
-    assert type(base).__name__ == "mmap", "the batch is a view over the shared-memory mapping, not a copy"
+    # The batch's lease: a ctypes array over the consumer's mapping of the slot (no copy).
+    (exported,) = base._objects.values()
+    assert type(exported.obj).__name__ == "mmap", "the batch is a view over the shared-memory mapping, not a copy"
+    assert ctypes.addressof(base) <= batch.ctypes.data < ctypes.addressof(base) + ctypes.sizeof(base)
     loader.close()
 
 

@@ -89,6 +89,29 @@ def test_decode_modes(tmp_path: Path, store: Store) -> None:
     assert again.decode().equals(arrow)
 
 
+def test_numpy_row_groups_are_writable_views_that_outlive_the_reader(tmp_path: Path, store: Store) -> None:
+    import gc
+
+    table = make_table().append_column("n", pa.array([None if k % 5 == 0 else k for k in range(N_ROWS)]))
+    uri = write_local(tmp_path / "t.parquet", table, row_group_size=300, compression="snappy")
+    reader = ParquetReader(uri, store=store, decode="numpy")
+    first, again, other = reader.read_batch([1, 1, 2])
+    del reader
+    gc.collect()
+    for name in ("i", "f"):  # numeric, no nulls: the decoded buffer, writable (no copy for torch)
+        assert first[name].flags.writeable and again[name].flags.writeable
+        assert not np.shares_memory(first[name], again[name]), "a repeated row group gets its own arrays"
+    np.testing.assert_array_equal(first["i"], np.arange(300, 600))
+    np.testing.assert_array_equal(first["f"], table.column("f").to_numpy()[300:600])
+    first["i"][:] = -1  # the caller owns the arrays: writing into one changes no other sample
+    np.testing.assert_array_equal(again["i"], np.arange(300, 600))
+    np.testing.assert_array_equal(other["i"], np.arange(600, 900))
+    assert np.isnan(first["n"][0]) and first["n"][1] == 301  # nulls: pyarrow's conversion, as before
+    assert list(first["s"][:2]) == ["cat6", "cat0"]
+    rows = ParquetReader(uri, store=store, decode="numpy", items="row")
+    assert rows[301]["i"] == 301 and rows.row_group(1)["i"].flags.writeable
+
+
 def test_rows_are_items(tmp_path: Path, store: Store) -> None:
     table = make_table()
     uri = write_local(tmp_path / "t.parquet", table, row_group_size=100)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import multiprocessing
 import os
 import pickle
@@ -16,6 +17,7 @@ from s3dlio_loader import (
     InvalidRangeError,
     ObjectNotFoundError,
     PathTraversalError,
+    StorageError,
     Store,
     StoreOptions,
     TransientStorageError,
@@ -170,6 +172,81 @@ def test_get_many_raises_on_missing_object_naming_it(backend):
     with pytest.raises(ObjectNotFoundError) as err:
         list(store.get_many([backend.uri("ok.bin"), missing]))
     assert missing in str(err.value)
+
+
+def test_get_many_local_counts_every_read_and_retries_a_transient_fault(tmp_path, monkeypatch):
+    """file:// reads skip the per-request book-keeping: the counters must still add up."""
+    import s3dlio_loader.storage.store as store_module
+
+    store = Store("file", retry_base_delay=0.001)
+    uris = [f"file://{tmp_path}/{i}.bin" for i in range(5)]
+    for i, u in enumerate(uris):
+        store.put(u, bytes([i]) * (100 + i))
+    store.stats.reset()
+    assert [d for _, d in store.get_many(uris)] == [bytes([i]) * (100 + i) for i in range(5)]
+    assert store.stats.by_op == {"get": 5} and store.stats.bytes_read == sum(100 + i for i in range(5))
+
+    real_read, calls = store_module._local_read, []
+
+    def flaky_read(path, *args):
+        calls.append(path)
+        if len(calls) == 2:
+            raise TimeoutError("disk took too long")
+        return real_read(path, *args)
+
+    monkeypatch.setattr(store_module, "_local_read", flaky_read)
+    store.stats.reset()
+    assert [d for _, d in store.get_many(uris)] == [bytes([i]) * (100 + i) for i in range(5)]
+    assert (store.stats.requests, store.stats.retries, store.stats.errors) == (6, 1, 0)
+    assert store.stats.bytes_read == sum(100 + i for i in range(5))
+
+    monkeypatch.setattr(store_module, "_local_read", lambda *a: (_ for _ in ()).throw(TimeoutError("stuck")))
+    store.stats.reset()
+    with pytest.raises(TransientStorageError) as err:
+        list(store.get_many(uris[:1]))
+    assert uris[0] in str(err.value)
+    assert store.stats.errors == 1 and store.stats.retries == store.options.max_attempts - 1
+
+
+def test_open_local_reads_straight_into_the_callers_buffers(tmp_path, moto_server):
+    store = Store("file")
+    uris = [f"file://{tmp_path}/{i}.bin" for i in range(3)]
+    for i, u in enumerate(uris):
+        store.put(u, bytes([65 + i]) * (1000 * i))  # 0, 1000 and 2000 bytes
+    store.stats.reset()
+    files = store.open_local(uris + uris[2:])  # a file may be asked for twice
+    assert files is not None and files.sizes == [0, 1000, 2000, 2000] and files.nbytes == 5000
+    out = np.zeros(5000, np.uint8)
+    bounds = np.cumsum([0, *files.sizes]).tolist()
+    files.read_into([out[a:b] for a, b in itertools.pairwise(bounds)])
+    assert out.tobytes() == b"B" * 1000 + b"C" * 2000 + b"C" * 2000
+    assert store.stats.by_op == {"get": 4} and store.stats.bytes_read == 5000
+
+    assert store.open_local([f"file://{tmp_path}/missing.bin"]) is None, "get_many names the error instead"
+    assert Store("s3", moto_server.storage_options()).open_local(["s3://b/k"]) is None
+
+    files = store.open_local(uris[1:2])
+    with pytest.raises(ConfigError, match=r"1\.bin holds 10 bytes"):
+        files.read_into([np.zeros(10, np.uint8)])
+    files = store.open_local(uris[2:3])
+    with open(f"{tmp_path}/2.bin", "r+b") as f:
+        f.truncate(500)  # rewritten in place after it was opened
+    with pytest.raises(StorageError, match=r"2\.bin: the file shrank while it was read"):
+        files.read_into([np.zeros(2000, np.uint8)])
+
+
+def test_open_local_closes_its_files_when_dropped(tmp_path):
+    import gc
+
+    store = Store("file")
+    uri = f"file://{tmp_path}/x.bin"
+    store.put(uri, b"x")
+    before = len(os.listdir("/proc/self/fd"))
+    files = [store.open_local([uri] * 10) for _ in range(5)]
+    assert len(os.listdir("/proc/self/fd")) >= before + 50
+    del files
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= before
 
 
 # ---------------------------------------------------------------- listing
