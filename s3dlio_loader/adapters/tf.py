@@ -104,7 +104,11 @@ def tf_dataset(
             backend is initialised in this process.
         rank, world_size: this pipeline's shard when no ``input_context`` is given (default:
             ``RANK``/``WORLD_SIZE`` from the environment, else 0 of 1).
-        storage_options, on_error, options: see :class:`~s3dlio_loader.Loader`.
+        storage_options, on_error, options: see :class:`~s3dlio_loader.Loader`. The workers
+            stop at the end of each epoch here (``persistent_workers=False``): TensorFlow keeps
+            the generator alive for an unknown time after the dataset is gone, and waiting
+            workers would keep their shared memory that long. Build the Loader yourself and
+            use :func:`from_loader` (then ``loader.close()`` when done) to keep them.
 
     Returns:
         A dataset whose elements are the batches as tensors: a tensor, a tuple or a dict of
@@ -129,7 +133,7 @@ def tf_dataset(
         held = depth + _HELD_BY_TF
         options = options.replace(slots_per_worker=max(options.slots_per_worker,
                                                        -(-held // max(1, num_workers)) + 1))  # fmt: skip
-    opts = options.replace(start_method=choose_start_method(start_method, options))
+    opts = options.replace(start_method=choose_start_method(start_method, options), persistent_workers=False)
     loader = Loader(source, format, batch_size=batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers,
                     rank=rank, world_size=world_size, drop_last=drop_last, transform=transform, collate=collate,
                     storage_options=storage_options, on_error=on_error, options=opts,

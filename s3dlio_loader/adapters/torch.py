@@ -548,6 +548,7 @@ class S3IterableDataset(_S3Base, _TorchIterableDataset):
         self.engine_workers = engine_workers
         self.loader_options = loader_options
         self._shared = _Shared()
+        self._engine_loader: Loader | None = None  # engine_workers: kept from one epoch to the next
         self._generation = 0  # the state generation this copy knows (see _check_copy)
         self._resume: dict[str, Any] | None = None  # a loaded state, for iterations of its epoch
         self._progress: _Progress | None = None  # the latest iteration in this process
@@ -729,16 +730,34 @@ class S3IterableDataset(_S3Base, _TorchIterableDataset):
 
     def _engine_batches(self, plan: ShardPlan, rank: int, world: int, skip: int) -> Iterator[Any]:
         own_collate = not isinstance(self.collate_fn, S3Collate)
-        loader = Loader(self.dataset, batch_size=plan.batch_size, shuffle=self.shuffle, seed=self.seed,
-                        num_workers=self.engine_workers, rank=rank, world_size=world, drop_last=self.drop_last,
-                        pad=self.pad, transform=self.transform, collate=self.collate_fn if own_collate else None,
-                        shuffle_window=self.shuffle_window, options=self.loader_options)  # fmt: skip
+        # One engine Loader per (rank, world) for this dataset's life: its workers wait between
+        # epochs (LoaderOptions.persistent_workers) instead of starting again for each epoch.
+        loader = self._engine_loader
+        if loader is None or (loader.rank, loader.world_size, loader.batch_size) != (rank, world, plan.batch_size):
+            if loader is not None:
+                loader.close()
+            loader = self._engine_loader = Loader(
+                self.dataset, batch_size=plan.batch_size, shuffle=self.shuffle, seed=self.seed,
+                num_workers=self.engine_workers, rank=rank, world_size=world, drop_last=self.drop_last, pad=self.pad,
+                transform=self.transform, collate=self.collate_fn if own_collate else None,
+                shuffle_window=self.shuffle_window, options=self.loader_options,
+            )  # fmt: skip
         loader.load_state_dict(plan.state(skip))  # this epoch, from this iteration's start
         as_tensors = isinstance(self.collate_fn, S3Collate) and self.collate_fn.bytes_as == "tensor"
+        finished = False
         try:
             for batch in loader:
                 yield batch if own_collate else _shared_to_tensor(batch, as_tensors)
+            finished = True
         finally:
+            if not finished:
+                loader.close()
+
+    def close(self) -> None:
+        """Stop the engine workers kept between epochs (``engine_workers``); idempotent. The
+        dataset can still be iterated: new workers start then."""
+        loader, self._engine_loader = self._engine_loader, None
+        if loader is not None:
             loader.close()
 
     # ------------------------------------------------------------------ state
@@ -848,6 +867,7 @@ class S3IterableDataset(_S3Base, _TorchIterableDataset):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_progress"] = None
+        state["_engine_loader"] = None
         if self.rank is None:
             # A spawned worker has no process group of its own: it uses its parent's rank.
             state["_captured_rank"] = distributed_rank() or self._captured_rank

@@ -81,6 +81,9 @@ class LoaderOptions(OptionsBase):
     start_method: str = _opt("fork", "How workers start: fork (fast) or spawn (no state inherited).")
     poll_interval: float = _opt(0.1, "Seconds between checks that workers are alive while waiting.")
     worker_timeout: float = _opt(0.0, "Seconds to wait for one batch before failing; 0 waits forever.")
+    persistent_workers: bool = _opt(
+        True, "Keep the workers (and their slots) from one finished epoch to the next instead of starting new ones."
+    )
 
     def __post_init__(self) -> None:
         if self.start_method not in ("fork", "spawn", "forkserver"):
@@ -188,7 +191,7 @@ class Loader:
 
     def set_epoch(self, epoch: int) -> None:
         """Use ``epoch``'s order for the next iteration (the shuffle is re-seeded per epoch)."""
-        self.close()
+        self._close_unless_idle()
         self.epoch = int(epoch)
         self._start = 0
         self._delivered = 0
@@ -208,7 +211,7 @@ class Loader:
         Raises:
             ConfigError: the state belongs to another dataset, seed or shuffle mode.
         """
-        self.close()
+        self._close_unless_idle()
         epoch, start = resume_start(dict(state), n=len(self.dataset), seed=self.seed, shuffle=self.shuffle)
         self.epoch, self._start, self._delivered = epoch, start, 0
         self._plan = self._make_plan()
@@ -234,16 +237,21 @@ class Loader:
         if self.num_workers == 0:
             batches = self._iter_local(plan, first)
         else:
-            self.close()
-            self._engine = _Engine(self, plan, first)
-            batches = self._engine.batches()
+            workers = min(self.num_workers, max(1, plan.num_batches - first))
+            engine = self._engine
+            if engine is not None and engine.idle and engine.num_workers == workers:
+                engine.start_epoch(plan, first)  # persistent workers: no new processes
+            else:
+                self.close()
+                engine = self._engine = _Engine(self, plan, first)
+            batches = engine.batches()
         try:
             for batch in batches:
                 self._delivered += 1
                 yield batch
             self._finished = True
         finally:
-            if self._engine is not None:
+            if self._engine is not None and not (self._finished and self.options.persistent_workers):
                 self.close()
 
     def _iter_local(self, plan: ShardPlan, first: int) -> Iterator[Any]:
@@ -261,8 +269,14 @@ class Loader:
                     return
                 yield pending.popleft().result()
 
+    def _close_unless_idle(self) -> None:
+        # Workers waiting between epochs can take the next one; an epoch in progress cannot be redirected.
+        if self._engine is not None and not self._engine.idle:
+            self.close()
+
     def close(self) -> None:
-        """Stop the workers and remove every shared-memory segment (idempotent)."""
+        """Stop the workers and remove every shared-memory segment (idempotent). The loader can
+        still be iterated: new workers start then."""
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.shutdown()
@@ -326,6 +340,8 @@ class _Engine:
         self.slots = [opts.slots_per_worker] * self.num_workers
         self.grants = [0] * self.num_workers
         self.closed = False
+        self.done: set[int] = set()  # workers that finished the current epoch
+        self.idle = False  # every batch of the epoch delivered: the workers can take another epoch
         self._mappings: dict[str, mmap.mmap] = {}  # segment name -> this process's mapping of it
         # Re-entrant: a batch's finalizer (which releases its slot) may run inside a locked section.
         self._lock = threading.RLock()
@@ -345,10 +361,20 @@ class _Engine:
         self._finalizer = weakref.finalize(self, _cleanup, self.procs, self.stop_event, self.prefix, self.results,
                                            self.free)  # fmt: skip
 
+    def start_epoch(self, plan: ShardPlan, first_batch: int) -> None:
+        """Give the idle workers another epoch (after every worker has finished the last one)."""
+        pending: dict[int, Any] = {}
+        while len(self.done) < self.num_workers:
+            self._receive(pending, None, self.done)
+        self.done = set()
+        self.plan, self.first, self.idle = plan, first_batch, False
+        for w in range(self.num_workers):
+            self.free[w].put(("epoch", plan, first_batch))
+
     def batches(self) -> Iterator[Any]:
         pending: dict[int, tuple[int, str, int, Any]] = {}
         expected = range(self.first, self.plan.num_batches)
-        done_workers: set[int] = set()
+        done_workers = self.done
         if self.loader.ordered:
             for b in expected:
                 worker = (b - self.first) % self.num_workers
@@ -363,6 +389,7 @@ class _Engine:
                 b = next(iter(pending))
                 yield self._deliver(b, pending.pop(b))
                 remaining -= 1
+        self.idle = True
 
     def _receive(self, pending: dict[int, Any], waiting_for: int | None, done_workers: set[int]) -> None:
         opts = self.loader.options
@@ -509,38 +536,54 @@ def _worker_main(loader: Loader, plan: ShardPlan, worker_id: int, num_workers: i
         segments[slot] = (name, shm.create_segment(name, size), size)
         return segments[slot]
 
-    batches = plan.worker_batches(worker_id, num_workers, first_batch)
     next_slot = loader.options.slots_per_worker
     depth = loader.options.prefetch_batches
     pool = cf.ThreadPoolExecutor(max_workers=depth, thread_name_prefix="s3dlio-prefetch")
-    pending: deque[tuple[int, cf.Future[Any]]] = deque()
-    it = iter(batches)
+    free_slots: deque[int] = deque()  # slots given back while this worker waited between epochs
     current = -1
-    try:
+
+    def next_epoch() -> tuple[ShardPlan, int] | None:
+        # Between epochs the consumer sends ("epoch", plan, first batch), or stops the workers.
         while not stop_event.is_set():
-            while len(pending) < depth:
-                b = next(it, None)
-                if b is None:
+            if free._reader.poll(0.1):  # only this worker reads its queue
+                msg = free.get()
+                if isinstance(msg, tuple):
+                    return msg[1], msg[2]
+                free_slots.append(int(msg))
+        return None
+
+    epoch: tuple[ShardPlan, int] | None = (plan, first_batch)
+    try:
+        while epoch is not None and not stop_event.is_set():
+            plan, first = epoch
+            pending: deque[tuple[int, cf.Future[Any]]] = deque()
+            it = iter(plan.worker_batches(worker_id, num_workers, first))
+            while not stop_event.is_set():
+                while len(pending) < depth:
+                    b = next(it, None)
+                    if b is None:
+                        break
+                    pending.append((b, pool.submit(_make_batch, loader, plan, b, lazy=True)))
+                if not pending:
                     break
-                pending.append((b, pool.submit(_make_batch, loader, plan, b, lazy=True)))
-            if not pending:
+                current, fut = pending.popleft()
+                tree = fut.result()
+                slot = free_slots.popleft() if free_slots else _take_slot(free, stop_event)
+                if slot is None:
+                    break
+                if slot == -1:  # the consumer let this worker grow its pool
+                    slot = next_slot
+                    next_slot += 1
+                need = shm.measure(tree)
+                name, mapping, _ = segment_for(slot, need)
+                layout, used = shm.write(tree, memoryview(mapping))
+                results.put(("batch", current, worker_id, slot, name, max(used, 1), layout))
+            if stop_event.is_set():
                 break
-            current, fut = pending.popleft()
-            tree = fut.result()
-            slot = _take_slot(free, stop_event)
-            if slot is None:
-                break
-            if slot == -1:  # the consumer let this worker grow its pool
-                slot = next_slot
-                next_slot += 1
-            need = shm.measure(tree)
-            name, mapping, _ = segment_for(slot, need)
-            layout, used = shm.write(tree, memoryview(mapping))
-            results.put(("batch", current, worker_id, slot, name, max(used, 1), layout))
-        results.put(("done", worker_id))
-        # Stay until the consumer closes: the watchdog then still removes this loader's
-        # segments if the consumer dies without cleaning up.
-        stop_event.wait()
+            results.put(("done", worker_id))
+            # Wait for the next epoch, or until the consumer closes: the watchdog then still
+            # removes this loader's segments if the consumer dies without cleaning up.
+            epoch = next_epoch()
     except BaseException as exc:  # everything goes back to the consumer
         original: BaseException | None = exc
         try:

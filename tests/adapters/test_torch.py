@@ -492,6 +492,7 @@ def test_engine_workers_give_tensors_over_reused_shared_memory(npz_uri, raw_uri,
     it = iter(DataLoader(ds, batch_size=None))
     first = next(it)
     assert isinstance(first["x"], torch.Tensor) and first["x"].shape == (16, 4)
+    assert len(prefixes) == 1, "the second epoch runs on the first epoch's workers and slots"
     taken = [ids_of(first)] + [ids_of(next(it)) for _ in range(3)]
     del it, first
     resumed = S3IterableDataset(npz_uri, "npz", rows=True, batch_size=16, shuffle=True, seed=3, engine_workers=1)
@@ -500,8 +501,11 @@ def test_engine_workers_give_tensors_over_reused_shared_memory(npz_uri, raw_uri,
     raw = S3IterableDataset(raw_uri, "raw", batch_size=8, engine_workers=2, collate_fn=S3Collate(bytes_as="tensor"))
     got = {int(bytes(t[:8].numpy())): bytes(t.numpy()) for b in DataLoader(raw, batch_size=None) for t in b}
     assert got == {i: raw_payload(i) for i in range(40)}
+    assert glob.glob(f"/dev/shm/{prefixes[-1]}*"), "the workers wait for the next epoch with their slots"
+    for dataset in (ds, resumed, raw):
+        dataset.close()
     gc.collect()
-    assert len(prefixes) >= 4 and not [p for p in prefixes if glob.glob(f"/dev/shm/{p}*")], \
+    assert len(prefixes) == 3 and not [p for p in prefixes if glob.glob(f"/dev/shm/{p}*")], \
         "no segment outlives the engine"
     with pytest.raises(ConfigError, match="DataLoader\\(num_workers=0\\)"):
         list(DataLoader(ds, batch_size=None, num_workers=1))

@@ -111,6 +111,8 @@ def test_kept_batches_stay_valid_and_memory_is_recycled(npy_dir):
     loader = make(npy_dir, num_workers=2, batch_size=8, options=LoaderOptions(slots_per_worker=2))
     kept = list(loader)  # every batch kept alive: the pool grows instead of deadlocking
     assert sorted(i for b in kept for i in ids_of(b)) == list(range(N))
+    loader.close()  # its workers would otherwise wait for another epoch, keeping their grown slots
+    assert sorted(i for b in kept for i in ids_of(b)) == list(range(N)), "kept batches outlive the loader"
     del kept
     gc.collect()
     # a consumer that drops its batches runs within the slots it has
@@ -120,6 +122,42 @@ def test_kept_batches_stay_valid_and_memory_is_recycled(npy_dir):
         seen += len(batch)
         assert len(shm_segments()) <= 2 * 2 + 2
     assert seen == N
+
+
+def test_workers_persist_from_one_epoch_to_the_next(npy_dir):
+    loader = make(npy_dir, num_workers=2, shuffle=True, seed=4)
+    first = collect(loader)
+    pids = [p.pid for p in loader._engine.procs]
+    prefix = loader._engine.prefix
+    second = collect(loader)  # the next epoch, on the same workers and slots
+    assert sorted(first) == sorted(second) == list(range(N)) and first != second, "re-shuffled, exactly once"
+    assert [p.pid for p in loader._engine.procs] == pids and loader._engine.prefix == prefix
+    loader.set_epoch(0)  # between epochs: the idle workers take any epoch
+    assert collect(loader) == first and [p.pid for p in loader._engine.procs] == pids
+    loader.load_state_dict(make(npy_dir, shuffle=True, seed=4).state_dict())
+    assert collect(loader) == first and [p.pid for p in loader._engine.procs] == pids
+
+    it = iter(loader)
+    next(it)
+    it.close()  # an abandoned epoch cannot be handed over: its workers stop
+    assert loader._engine is None and not glob.glob(f"/dev/shm/{prefix}*")
+    assert len(collect(loader)) == N  # new workers start
+    loader.close()
+
+    one_shot = make(npy_dir, num_workers=2, options=LoaderOptions(persistent_workers=False))
+    assert collect(one_shot) == list(range(N)) and one_shot._engine is None
+
+
+def test_a_worker_killed_between_epochs_is_reported_at_the_next(npy_dir):
+    loader = make(npy_dir, num_workers=2, options=LoaderOptions(poll_interval=0.05))
+    assert collect(loader) == list(range(N))
+    victim = loader._engine.procs[1]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(5)
+    with pytest.raises(WorkerDiedError, match="SIGKILL"):
+        collect(loader)
+    assert collect(loader) == list(range(N)), "the next iteration starts new workers"
+    loader.close()
 
 
 def test_dict_samples_collate_per_key(tmp_path):

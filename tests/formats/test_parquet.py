@@ -112,6 +112,22 @@ def test_numpy_row_groups_are_writable_views_that_outlive_the_reader(tmp_path: P
     assert rows[301]["i"] == 301 and rows.row_group(1)["i"].flags.writeable
 
 
+def test_pyarrow_threads_only_outside_forked_workers(tmp_path: Path, store: Store) -> None:
+    import multiprocessing
+
+    uri = write_local(tmp_path / "t.parquet", make_table(), row_group_size=300)
+    reader = ParquetReader(uri, store=store, decode="numpy")
+    assert reader.decodes_with_threads(), "the main process decodes with pyarrow's threads"
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        in_child = pool.apply(_threads_and_first_id, (reader,))
+    assert in_child == (False, 0), "a forked worker decodes on its own thread"
+    assert not ParquetReader(uri, store=store, use_threads=False).decodes_with_threads()
+
+
+def _threads_and_first_id(reader: ParquetReader) -> tuple[bool, int]:
+    return reader.decodes_with_threads(), int(reader[0]["i"][0])
+
+
 def test_rows_are_items(tmp_path: Path, store: Store) -> None:
     table = make_table()
     uri = write_local(tmp_path / "t.parquet", table, row_group_size=100)
