@@ -149,6 +149,11 @@ class StoreOptions(OptionsBase):
         "Turn off the retries built into s3fs/botocore, gcsfs and the Azure SDK, so that retries are "
         "done (and counted) once, by the Store.",
     )
+    s3_lean_reads: bool = _opt(
+        True,
+        "s3://: send GETs (whole objects and ranges) as SigV4-signed urllib3 requests instead of through "
+        "botocore (a quarter of the CPU per object); other requests, and options it does not handle, use s3fs.",
+    )
 
     def __post_init__(self) -> None:
         positive = ("max_in_flight", "range_chunk", "max_attempts", "delete_batch", "max_delete_concurrency",

@@ -461,8 +461,9 @@ class S3IterableDataset(_S3Base, _TorchIterableDataset):
             num_workers=0)``): make the batches in this many worker processes of the engine's
             own prefetch (:class:`~s3dlio_loader.Loader`), which write them into shared-memory
             slots that are reused from batch to batch; the batches arrive as tensors over those
-            slots, without a copy (raw bytes as memoryviews, or uint8 tensors with
-            ``collate_fn=S3Collate(bytes_as="tensor")``). 0 (default): no engine workers.
+            slots, without a copy (raw objects as uint8 tensors with
+            ``collate_fn=S3Collate(bytes_as="tensor")``; as ``bytes``, copied once, with the
+            default collate). 0 (default): no engine workers.
         loader_options: the engine's :class:`~s3dlio_loader.LoaderOptions` with ``engine_workers``
             (memory budget, slots per worker, start method...).
         storage_options, store: backend configuration (see :class:`~s3dlio_loader.Store`).
@@ -887,7 +888,11 @@ def _shared_to_tensor(batch: Any, bytes_as_tensors: bool) -> Any:
     if isinstance(batch, np.ndarray):
         return _array_to_tensor(batch)
     if isinstance(batch, memoryview):
-        return torch.frombuffer(batch, dtype=torch.uint8) if bytes_as_tensors and batch.nbytes else batch
+        if bytes_as_tensors and batch.nbytes:
+            return torch.frombuffer(batch, dtype=torch.uint8)
+        # bytes, as S3Collate(bytes_as="bytes") promises: torch's default_convert (DataLoader with
+        # batch_size=None) would turn a memoryview into a list of ints.
+        return bytes(batch)
     if isinstance(batch, dict):
         return {k: _shared_to_tensor(v, bytes_as_tensors) for k, v in batch.items()}
     if isinstance(batch, list):

@@ -519,6 +519,15 @@ def _worker_main(loader: Loader, plan: ShardPlan, worker_id: int, num_workers: i
     _limit_framework_threads()
     segments: dict[int, tuple[str, mmap.mmap, int]] = {}
     generation = 0
+
+    def terminated(signum: int, frame: Any) -> None:
+        # multiprocessing terminates daemonic children at the consumer's exit, possibly before the
+        # consumer's own clean-up runs (or when it never runs: a Jupyter kernel shutting down).
+        for name, _, _ in list(segments.values()):
+            shm.unlink_segment(name)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, terminated)
     watchdog = threading.Thread(target=_watch_parent, args=(parent_pid, stop_event, prefix, worker_id), daemon=True)
     watchdog.start()
 

@@ -168,7 +168,7 @@ def read(layout: Any, buf: Any) -> Any:
         return np.ndarray(shape, dtype=dt, buffer=buf, offset=offset)
     if kind == "bytes":
         _, offset, length = layout
-        return memoryview(buf)[offset : offset + length]
+        return memoryview(buf).cast("B")[offset : offset + length]  # unsigned bytes, whatever buf's format
     if kind == "dict":
         return {k: read(v, buf) for k, v in layout[1].items()}
     if kind == "list":
@@ -179,7 +179,7 @@ def read(layout: Any, buf: Any) -> Any:
         return layout[1]
     if kind == "pickle":
         _, offset, length = layout
-        return pickle.loads(memoryview(buf)[offset : offset + length])
+        return pickle.loads(memoryview(buf).cast("B")[offset : offset + length])
     raise ValueError(f"unknown layout kind {kind!r}")
 
 

@@ -49,6 +49,7 @@ from ..errors import (
 from ..options import StoreOptions
 from . import retry as retrylib
 from .oplog import OpLog, get_global_oplog, shared_oplog
+from .s3lean import LeanS3Reader, WrongRegionError, lean_reader_for
 from .uri import ParsedURI, has_glob, join_uri, parse_uri
 
 log = logging.getLogger(__name__)
@@ -196,11 +197,17 @@ class _Attempts:
 class _ProcessState:
     """What must not cross a fork: the filesystem (event loop, sessions) and the thread pool."""
 
-    def __init__(self, fs: Any, threads: int) -> None:
+    def __init__(self, fs: Any, threads: int, lean: LeanS3Reader | None = None) -> None:
         self.pid = os.getpid()
         self.fs = fs
         self.is_async = bool(getattr(fs, "async_impl", False))
         self.executor = cf.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="s3dlio-store")
+        self.lean = lean  # s3:// GETs without botocore (see s3lean.py); None: the filesystem reads
+
+    @property
+    def async_reads(self) -> bool:
+        """Reads go through the filesystem's event loop (else: this thread or the thread pool)."""
+        return self.is_async and self.lean is None
 
 
 class Store:
@@ -301,7 +308,10 @@ class Store:
                         f"cannot set up the {self.scheme}:// filesystem with storage_options "
                         f"{_redact(self.storage_options)!r}: {exc}"
                     ) from exc
-                state = _ProcessState(fs, threads=min(self.options.max_in_flight, 32))
+                lean = None
+                if self.scheme == "s3" and self.options.s3_lean_reads:
+                    lean = lean_reader_for(self.storage_options, max_connections=self.options.max_in_flight)
+                state = _ProcessState(fs, threads=min(self.options.max_in_flight, 32), lean=lean)
                 self._state = state
         return state
 
@@ -398,7 +408,7 @@ class Store:
         path = self._path(uri).path
         known = size if size is not None else self._sizes.get(path)
         small = known is None or known <= self.options.range_threshold
-        if self.scheme == "file" or (not self._proc().is_async and small):
+        if self.scheme == "file" or (not self._proc().async_reads and small):
             return self._read_sync(uri, path, 0, known, op="get", whole=True)  # no thread hop
         return self._submit_get(uri, path, known).result()
 
@@ -416,7 +426,7 @@ class Store:
             return b""
         path = self._path(uri).path
         state = self._proc()
-        if state.is_async:
+        if state.async_reads:
             return _sync(state.fs, self._aread(uri, path, offset, length, op="get_range"))
         return self._read_sync(uri, path, offset, length, op="get_range")
 
@@ -577,7 +587,7 @@ class Store:
     def _submit_read(self, uri: str, path: str, offset: int, length: int | None, *, op: str,
                      whole: bool = False) -> cf.Future[bytes]:
         state = self._proc()
-        if state.is_async:
+        if state.async_reads:
             coro = self._aread(uri, path, offset, length, op=op, whole=whole)
             return asyncio.run_coroutine_threadsafe(coro, state.fs.loop)
         return state.executor.submit(self._read_sync, uri, path, offset, length, op=op, whole=whole)
@@ -613,8 +623,11 @@ class Store:
             offset, length = 0, None
 
         def attempt() -> bytes:
+            lean = self._proc().lean
             if self.scheme == "file":
                 data = _local_read(path, offset, length, self.options)
+            elif lean is not None:
+                data = self._lean_get(lean, path, offset, length)
             elif length is None:
                 data = fs.cat_file(path)
             else:
@@ -626,6 +639,19 @@ class Store:
             return data
 
         return self._run_sync(op, uri, attempt, offset=None if whole else offset, length=length, attempts=attempts)
+
+    def _lean_get(self, lean: LeanS3Reader, path: str, offset: int, length: int | None) -> bytes:
+        bucket, _, key = path.partition("/")
+        try:
+            if length is None:
+                return lean.get(bucket, key)
+            return lean.get(bucket, key, offset, offset + length)
+        except WrongRegionError as exc:
+            # s3fs finds the bucket's region itself: leave the reads of this process to it.
+            log.info("s3 reads go through s3fs from now on: %s", exc)
+            self._proc().lean = None
+            fs = self._proc().fs
+            return fs.cat_file(path) if length is None else fs.cat_file(path, start=offset, end=offset + length)
 
     async def _aread(self, uri: str, path: str, offset: int, length: int | None, *, op: str,
                      whole: bool = False) -> bytes:

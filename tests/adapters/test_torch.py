@@ -302,6 +302,14 @@ def test_raw_bytes_through_workers_as_tensors(raw_uri):
     assert got == {i: raw_payload(i) for i in range(40)}
 
 
+def test_raw_bytes_from_engine_workers_with_the_default_collate(raw_uri):
+    ds = S3IterableDataset(raw_uri, "raw", batch_size=8, engine_workers=2)
+    batches = list(DataLoader(ds, batch_size=None))  # torch's default_convert sees each batch
+    ds.close()
+    assert all(isinstance(b, list) and all(isinstance(v, bytes) for v in b) for b in batches)
+    assert {int(v[:8]): v for b in batches for v in b} == {i: raw_payload(i) for i in range(40)}
+
+
 # ---------------------------------------------------------------------- resuming
 
 

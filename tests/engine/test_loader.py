@@ -160,6 +160,23 @@ def test_a_worker_killed_between_epochs_is_reported_at_the_next(npy_dir):
     loader.close()
 
 
+def test_a_terminated_idle_worker_removes_its_segments(npy_dir):
+    """multiprocessing terminates daemonic workers at the consumer's exit (SIGTERM), perhaps
+    before the consumer cleans up, or instead of it (a Jupyter kernel shutting down)."""
+    loader = make(npy_dir, num_workers=2, options=LoaderOptions(poll_interval=0.05))
+    assert collect(loader) == list(range(N))
+    prefix = loader._engine.prefix
+    victim = loader._engine.procs[0]
+    assert glob.glob(f"/dev/shm/{prefix}0-*"), "an idle worker keeps its slots for the next epoch"
+    os.kill(victim.pid, signal.SIGTERM)
+    victim.join(5)
+    assert victim.exitcode == 0 and not glob.glob(f"/dev/shm/{prefix}0-*")
+    with pytest.raises(WorkerDiedError, match="exited with code 0"):
+        collect(loader)
+    loader.close()
+    assert not glob.glob(f"/dev/shm/{prefix}*")
+
+
 def test_dict_samples_collate_per_key(tmp_path):
     for f in range(3):
         np.savez(tmp_path / f"d{f}.npz", x=np.full((10, 3), f, dtype=np.float32), y=np.arange(10) + 10 * f)
