@@ -381,6 +381,7 @@ class Dataset:
         straight into shared memory or a tensor."""
         if not self._whole_local_objects:
             return None
+        tune_allocator()  # the caller allocates the destination: once per process (see engine/allocator.py)
         ids = np.asarray(sample_ids, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
             raise IndexError(f"sample ids outside 0..{len(self) - 1}")

@@ -22,9 +22,15 @@ _PROBE = textwrap.dedent(
     from s3dlio_loader import Dataset
     from s3dlio_loader.engine.allocator import tune_allocator
 
-    root = sys.argv[1]
+    root, entry = sys.argv[1], sys.argv[2]
     ds = Dataset(f"file://{root}/", format="raw")
-    assert ds.read_samples([0])[0] == b"x" * 16
+    if entry == "read_samples":
+        assert ds.read_samples([0])[0] == b"x" * 16
+    else:  # the direct reads of the engine workers and the torch adapter
+        files = ds.open_local_raw([0])
+        out = bytearray(16)
+        files.read_into([out])
+        assert out == b"x" * 16
     def batches():
         for _ in range(20):
             batch = [np.full(256 * 1024, i, np.uint8).tobytes() for i in range(32)]
@@ -38,20 +44,21 @@ _PROBE = textwrap.dedent(
 )
 
 
-def _probe(tmp_path, **env):
+def _probe(tmp_path, entry="read_samples", **env):
     (tmp_path / "obj.bin").write_bytes(b"x" * 16)
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "S3DLIO_MALLOC_"))}
     environ.pop("GLIBC_TUNABLES", None)
     environ.update(env)
-    out = subprocess.run([sys.executable, "-c", _PROBE, str(tmp_path)], env=environ, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", _PROBE, str(tmp_path), entry], env=environ, capture_output=True,
                          text=True, timeout=120, check=True)  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @needs_glibc
-def test_reading_samples_keeps_freed_batches_mapped(tmp_path):
-    tuned = _probe(tmp_path)
-    untuned = _probe(tmp_path, S3DLIO_MALLOC_TUNE="0")
+@pytest.mark.parametrize("entry", ["read_samples", "open_local_raw"])
+def test_reading_samples_keeps_freed_batches_mapped(tmp_path, entry):
+    tuned = _probe(tmp_path, entry)
+    untuned = _probe(tmp_path, entry, S3DLIO_MALLOC_TUNE="0")
     assert tuned["applied"] is True and untuned["applied"] is False
     # 20 batches of 8 MiB: ~2048 faults each when every batch lands in fresh pages.
     assert untuned["faults"] > 10_000, untuned
