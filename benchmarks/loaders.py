@@ -2,7 +2,8 @@
 
 Workloads (written to a temporary directory, read from the page cache):
 
-* ``raw``: 2000 objects of 256 KiB. Baseline: ``open(path, "rb").read()`` in a loop.
+* ``raw``: 2000 objects of 256 KiB. Baseline: ``open(path, "rb").read()`` in a loop; also shown:
+  the same loop keeping each batch of 32 objects until the next (what a loader hands out).
 * ``parquet``: 128 row groups of about 8 MiB (4 files of 32, 8 float32 columns, snappy).
   Baseline: ``pq.ParquetFile(path).read_row_group(i)`` for every row group (pyarrow decodes the
   columns of a row group on its own threads), each table turned into numpy columns.
@@ -15,6 +16,7 @@ Paths (one function each, returning table rows; frameworks are imported inside t
 * torch, engine workers: ``DataLoader(S3IterableDataset(uri, batch_size=B, engine_workers=K),
   batch_size=None, num_workers=0)``: the engine's worker processes write batches into reused
   shared-memory slots, which arrive as tensors without a copy;
+* Parquet, the torch paths again with ``mmap=True`` (decode from a private map of the file);
 * s3dlio 0.10 when ``import s3dlio`` works: ``create_async_loader(uri, opts)`` items, and its
   ``ObjectStoreIterableDataset`` through a DataLoader (its workers do not shard: each reads
   everything, so only ``num_workers=0`` is measured).
@@ -307,12 +309,21 @@ def parquet_torch(data: Data, workers: tuple[int, ...] = (0, 2)) -> list[Row]:
         seconds, items, nbytes = _epoch(lambda loader=loader: loader, _touch_columns)
         rows.append(Row("parquet", name, items, nbytes, seconds))
         if k:
-            engine = _torch_loader(f"pq-engine-{k}", lambda k=k: DataLoader(
-                S3IterableDataset(data.parquet_uri, "parquet", decode="numpy", batch_size=1, engine_workers=k),
-                batch_size=None, num_workers=0))
-            name = f"torch S3IterableDataset(decode='numpy', batch_size=1, engine_workers={k}), num_workers=0"
-            warm(name, lambda engine=engine: _epoch(lambda: engine, _touch_columns))
-            seconds, items, nbytes = _epoch(lambda engine=engine: engine, _touch_columns)
+            for mmap in (False, True):
+                engine = _torch_loader(f"pq-engine-{k}-{mmap}", lambda k=k, mmap=mmap: DataLoader(
+                    S3IterableDataset(data.parquet_uri, "parquet", decode="numpy", batch_size=1, engine_workers=k,
+                                      mmap=mmap), batch_size=None, num_workers=0))  # fmt: skip
+                name = (f"torch S3IterableDataset(decode='numpy', batch_size=1, engine_workers={k}"
+                        f"{', mmap=True' if mmap else ''}), num_workers=0")  # fmt: skip
+                warm(name, lambda engine=engine: _epoch(lambda: engine, _touch_columns))
+                seconds, items, nbytes = _epoch(lambda engine=engine: engine, _touch_columns)
+                rows.append(Row("parquet", name, items, nbytes, seconds))
+        else:
+            mapped = _torch_loader("pq-0-mmap", lambda: DataLoader(
+                S3IterableDataset(data.parquet_uri, "parquet", decode="numpy", mmap=True), batch_size=None))
+            name = "torch S3IterableDataset(decode='numpy', mmap=True), DataLoader(batch_size=None, num_workers=0)"
+            warm(name, lambda mapped=mapped: _epoch(lambda: mapped, _touch_columns))
+            seconds, items, nbytes = _epoch(lambda mapped=mapped: mapped, _touch_columns)
             rows.append(Row("parquet", name, items, nbytes, seconds))
     return rows
 
@@ -366,17 +377,17 @@ def run_all(data: Data, workloads: list[str], repeat: int) -> list[Row]:
 
 
 def print_table(rows: list[Row]) -> None:
-    print(f"{'workload':<8} {'path':<88} {'items/s':>10} {'MB/s':>9} {'vs baseline':>11}")
+    print(f"{'workload':<8} {'path':<104} {'items/s':>10} {'MB/s':>9} {'vs baseline':>11}")
     for workload in dict.fromkeys(r.workload for r in rows):
         group = [r for r in rows if r.workload == workload]
         base = next((r for r in group if r.baseline), None)
         for r in group:
             if r.note:
-                print(f"{workload:<8} {r.path:<88} {r.note:>32}")
+                print(f"{workload:<8} {r.path:<104} {r.note:>32}")
                 continue
             rate = r.items / r.seconds
             ratio = f"{base.seconds / r.seconds:.2f}x" if base is not None and r.seconds else "-"
-            print(f"{workload:<8} {r.path:<88} {rate:>10,.0f} {r.nbytes / 1e6 / r.seconds:>9,.0f} {ratio:>11}")
+            print(f"{workload:<8} {r.path:<104} {rate:>10,.0f} {r.nbytes / 1e6 / r.seconds:>9,.0f} {ratio:>11}")
 
 
 def main() -> None:
@@ -404,6 +415,8 @@ def main() -> None:
               f"({data.parquet_bytes / MiB:.0f} MiB decoded) in {len(data.parquet_paths)} files; "
               f"{os.cpu_count()} cores; median of {args.repeat}")  # fmt: skip
         print_table(run_all(data, workloads, args.repeat))
+        for loader in _torch_loaders.values():
+            loader.dataset.close()  # engine workers wait between epochs until closed
         _torch_loaders.clear()
 
 

@@ -37,8 +37,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import ConfigError, FormatError, StorageError
-from ..storage import ObjectInfo, Store
+from ..errors import ConfigError, FormatError, ObjectNotFoundError, StorageError
+from ..storage import ObjectInfo, Store, parse_uri
 from .base import FormatIndex, OnError, Reader, check_indices
 
 #: The process that imported this module; its forks decode without pyarrow's threads (see ParquetReader).
@@ -263,10 +263,16 @@ class ParquetReader(Reader):
             by default, when None), each run one ``get_ranges`` call, decoded before the next
             is fetched: small row groups share requests, and a batch of large ones never
             becomes one giant buffer.
+        mmap: file:// only: decode from a private memory map of the file instead of reading
+            the column chunks into buffers first (saves that copy: ~20 % of a row group's CPU
+            here). Opt-in because a mapped file that another program truncates in place makes
+            the process fault (``SIGBUS``) when it touches the missing pages; replacing a file
+            (write a new one, rename it over) is safe.
         index, store, storage_options, on_error: see :class:`~s3dlio_loader.formats.base.Reader`.
 
     Raises:
         ConfigError: an unknown ``items``/``decode``, ``decode="raw"`` with ``items="row"``,
+            ``mmap=True`` on another scheme than file://,
             a column that is not in the file (when the index is first used).
     """
 
@@ -283,6 +289,7 @@ class ParquetReader(Reader):
         info: ObjectInfo | None = None,
         use_threads: bool | None = None,
         max_fetch_bytes: int | None = None,
+        mmap: bool = False,
         index: ParquetIndex | None = None,
         store: Store | None = None,
         storage_options: Mapping[str, Any] | None = None,
@@ -303,6 +310,8 @@ class ParquetReader(Reader):
             raise ConfigError(f"max_fetch_bytes must be a positive int (got max_fetch_bytes={max_fetch_bytes!r})")
         if index is not None and not isinstance(index, ParquetIndex):
             raise ConfigError(f"index must be a ParquetIndex (got {type(index).__name__})")
+        if mmap and not uri.startswith("file://") and "://" in uri:
+            raise ConfigError(f"mmap=True needs a file:// URI (got {uri!r}); leave mmap=False for other storage")
         super().__init__(uri, index=index, store=store, storage_options=storage_options, on_error=on_error)
         self.items: Items = items
         self.decode: Decode = decode
@@ -316,12 +325,15 @@ class ParquetReader(Reader):
         self._plan: _Plan | None = None
         self._row_starts: np.ndarray | None = None
         self._cached: tuple[int, Any] | None = None  # (row group, decoded) for items="row"
+        self.mmap = bool(mmap)
+        self._mapping: tuple[int, memoryview] | None = None  # (pid, view of the private map)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_metadata"] = None  # re-parsed from index.footer where needed
         state["_decoder"] = None
         state["_cached"] = None
+        state["_mapping"] = None
         return state
 
     # ------------------------------------------------------------------ index
@@ -411,10 +423,34 @@ class ParquetReader(Reader):
         """The (offset, bytes) of the selected column chunks of each group, coalesced into few requests."""
         plan = self._projection()
         ranges = [r for g in groups for r in zip(plan.starts[g], plan.lengths[g], strict=True)]
-        views = self.store.get_ranges(self.uri, ranges)
+        if self.mmap:
+            mapped = self._mapped_file()
+            views = [mapped[start : start + length] for start, length in ranges]
+        else:
+            views = self.store.get_ranges(self.uri, ranges)
         per = len(plan.leaves)
         return [list(zip(plan.starts[g], views[k * per : (k + 1) * per], strict=True))
                 for k, g in enumerate(groups)]
+
+    def _mapped_file(self) -> memoryview:
+        """This process's private (copy-on-write) map of the file, checked against the index."""
+        current = self._mapping
+        if current is not None and current[0] == os.getpid():
+            return current[1]
+        import mmap as mmaplib
+
+        path = parse_uri(self.uri).path
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size != self.index.size:
+                    raise FormatError(f"the file has {size} bytes; it had {self.index.size} when it was indexed "
+                                      "(rewritten since?)", uri=self.uri, format=FORMAT, offset=None)  # fmt: skip
+                view = memoryview(mmaplib.mmap(f.fileno(), 0, access=mmaplib.ACCESS_COPY))
+        except FileNotFoundError:
+            raise ObjectNotFoundError("no such object", uri=self.uri, op="get_range") from None
+        self._mapping = (os.getpid(), view)
+        return view
 
     def _waves(self, groups: list[int]) -> list[list[int]]:
         """``groups`` in order (row groups lie in file order), cut into runs of at most

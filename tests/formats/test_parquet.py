@@ -128,6 +128,38 @@ def _threads_and_first_id(reader: ParquetReader) -> tuple[bool, int]:
     return reader.decodes_with_threads(), int(reader[0]["i"][0])
 
 
+def test_mmap_decodes_the_same_from_a_private_map(tmp_path: Path, store: Store, moto_server: Any) -> None:
+    import os
+
+    table = make_table()
+    uri = write_local(tmp_path / "t.parquet", table, row_group_size=300, compression="snappy")
+    before = (tmp_path / "t.parquet").read_bytes()
+    mapped = ParquetReader(uri, store=store, decode="numpy", mmap=True)
+    assert mapped.index.num_row_groups == 4  # the index: a stat and the footer, as without mmap
+    store.stats.reset()
+    batch = mapped.read_batch([0, 2, 3])
+    assert store.stats.requests == 0, "row groups come from the map, not from requests"
+    read = ParquetReader(uri, store=store, decode="numpy").read_batch([0, 2, 3])
+    for got, want in zip(batch, read, strict=True):
+        np.testing.assert_array_equal(got["i"], want["i"])
+        np.testing.assert_array_equal(got["f"], want["f"])
+        assert list(got["s"]) == list(want["s"])
+    batch[0]["i"][:] = -1  # writable, and private: the file does not change
+    assert (tmp_path / "t.parquet").read_bytes() == before
+    arrow = ParquetReader(uri, store=store, mmap=True, items="row", columns=["i"])
+    assert arrow[301]["i"][0].as_py() == 301
+    again = pickle.loads(pickle.dumps(mapped))  # a worker maps the file itself
+    np.testing.assert_array_equal(again[1]["i"], np.arange(300, 600))
+
+    with pytest.raises(ConfigError, match="mmap=True needs a file://"):
+        ParquetReader("s3://bucket/t.parquet", storage_options=moto_server.storage_options(), mmap=True)
+    shrunk = ParquetReader(uri, store=store, decode="numpy", mmap=True)
+    assert shrunk.index.size == len(before)  # indexed at the full size
+    os.truncate(tmp_path / "t.parquet", len(before) // 2)
+    with pytest.raises(FormatError, match="rewritten since"):
+        shrunk[0]
+
+
 def test_rows_are_items(tmp_path: Path, store: Store) -> None:
     table = make_table()
     uri = write_local(tmp_path / "t.parquet", table, row_group_size=100)
