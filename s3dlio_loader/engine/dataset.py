@@ -365,10 +365,7 @@ class Dataset:
     def _read_whole_local_objects(self, ids: np.ndarray) -> list[Any]:
         """Raw samples of local files, read in one pass of the store (see Store.get_many):
         at ~30 us per cached 256 KiB file, a reader object per sample would double the cost."""
-        if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
-            raise IndexError(f"sample ids outside 0..{len(self) - 1}")
-        objects = np.searchsorted(self.starts, ids, side="right") - 1
-        order = objects.tolist()
+        order = self.locate(ids)[0].tolist()
         distinct = list(dict.fromkeys(order))
         table = self.objects
         data = dict(zip(distinct, (b for _, b in self.store.get_many([table.uri(o) for o in distinct])), strict=True))
@@ -382,12 +379,8 @@ class Dataset:
         if not self._whole_local_objects:
             return None
         tune_allocator()  # the caller allocates the destination: once per process (see engine/allocator.py)
-        ids = np.asarray(sample_ids, dtype=np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
-            raise IndexError(f"sample ids outside 0..{len(self) - 1}")
-        objects = np.searchsorted(self.starts, ids, side="right") - 1
         table = self.objects
-        return self.store.open_local([table.uri(o) for o in objects.tolist()])
+        return self.store.open_local([table.uri(o) for o in self.locate(np.asarray(sample_ids))[0].tolist()])
 
     @property
     def skipped(self) -> int:

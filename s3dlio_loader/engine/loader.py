@@ -553,12 +553,10 @@ def _worker_main(loader: Loader, plan: ShardPlan, worker_id: int, num_workers: i
 
     def next_epoch() -> tuple[ShardPlan, int] | None:
         # Between epochs the consumer sends ("epoch", plan, first batch), or stops the workers.
-        while not stop_event.is_set():
-            if free._reader.poll(0.1):  # only this worker reads its queue
-                msg = free.get()
-                if isinstance(msg, tuple):
-                    return msg[1], msg[2]
-                free_slots.append(int(msg))
+        while (msg := _next_message(free, stop_event)) is not None:
+            if isinstance(msg, tuple):
+                return msg[1], msg[2]
+            free_slots.append(msg)
         return None
 
     epoch: tuple[ShardPlan, int] | None = (plan, first_batch)
@@ -577,7 +575,7 @@ def _worker_main(loader: Loader, plan: ShardPlan, worker_id: int, num_workers: i
                     break
                 current, fut = pending.popleft()
                 tree = fut.result()
-                slot = free_slots.popleft() if free_slots else _take_slot(free, stop_event)
+                slot = free_slots.popleft() if free_slots else _next_message(free, stop_event)
                 if slot is None:
                     break
                 if slot == -1:  # the consumer let this worker grow its pool
@@ -635,10 +633,12 @@ class _StopFlag:
         return True
 
 
-def _take_slot(free: Any, stop_event: Any) -> int | None:
+def _next_message(free: Any, stop_event: Any) -> Any:
+    """The next message of a worker's queue (a free slot, -1 for a new one, or the next epoch), or
+    None once the loader stops."""
     while not stop_event.is_set():
         if free._reader.poll(0.1):  # only this worker reads its queue
-            return int(free.get())
+            return free.get()
     return None
 
 

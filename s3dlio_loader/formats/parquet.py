@@ -310,7 +310,7 @@ class ParquetReader(Reader):
             raise ConfigError(f"max_fetch_bytes must be a positive int (got max_fetch_bytes={max_fetch_bytes!r})")
         if index is not None and not isinstance(index, ParquetIndex):
             raise ConfigError(f"index must be a ParquetIndex (got {type(index).__name__})")
-        if mmap and not uri.startswith("file://") and "://" in uri:
+        if mmap and parse_uri(uri).scheme != "file":
             raise ConfigError(f"mmap=True needs a file:// URI (got {uri!r}); leave mmap=False for other storage")
         super().__init__(uri, index=index, store=store, storage_options=storage_options, on_error=on_error)
         self.items: Items = items

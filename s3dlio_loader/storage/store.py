@@ -111,21 +111,15 @@ class StoreStats:
     by_op: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def _count(self, op: str, *, read: int = 0, written: int = 0, error: bool = False, retry: bool = False) -> None:
-        with self._lock:
-            self.requests += 1
-            self.by_op[op] = self.by_op.get(op, 0) + 1
-            self.bytes_read += read
-            self.bytes_written += written
-            self.errors += error
-            self.retries += retry
-
-    def _count_many(self, op: str, requests: int, read: int) -> None:
-        """``requests`` successful reads of ``read`` bytes in all, counted at once."""
+    def _count(self, op: str, *, read: int = 0, written: int = 0, error: bool = False, retry: bool = False,
+               requests: int = 1) -> None:  # fmt: skip
         with self._lock:
             self.requests += requests
             self.by_op[op] = self.by_op.get(op, 0) + requests
             self.bytes_read += read
+            self.bytes_written += written
+            self.errors += error
+            self.retries += retry
 
     def snapshot(self) -> dict[str, Any]:
         """A plain-dict copy of the counters."""
@@ -516,7 +510,7 @@ class Store:
                 yield uri, data
         finally:
             if done:
-                self.stats._count_many("get", done, nbytes)
+                self.stats._count("get", read=nbytes, requests=done)
 
     def open_local(self, uris: Sequence[str]) -> LocalFiles | None:
         """Open local objects to be read straight into buffers of the caller's (file:// only).
@@ -1208,9 +1202,6 @@ class LocalFiles:
         """Total bytes of the files."""
         return sum(self.sizes)
 
-    def __len__(self) -> int:
-        return len(self.uris)
-
     def read_into(self, buffers: Sequence[Any]) -> None:
         """Fill ``buffers[i]`` (writable, ``sizes[i]`` bytes each) with file ``i``, then close the files.
 
@@ -1234,7 +1225,7 @@ class LocalFiles:
                                            uri=uri, op="get")  # fmt: skip
                     got += n
                 total += size
-            self._store.stats._count_many("get", len(self._fds), total)
+            self._store.stats._count("get", read=total, requests=len(self._fds))
         finally:
             self.close()
 
